@@ -1,0 +1,930 @@
+//! Streaming reader for the input CSV (SPEC section 3): one reused `ByteRecord`, one parse per row.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use csv::ByteRecord;
+
+/// The seven known columns, in the order row problems are reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Column {
+    DepartmentUuid,
+    InvoiceGuid,
+    SendAsText,
+    SendAsEmail,
+    AttachInvoice,
+    EsignRequired,
+    SendWithoutKpay,
+}
+
+impl Column {
+    pub const ALL: [Column; 7] = [
+        Column::DepartmentUuid,
+        Column::InvoiceGuid,
+        Column::SendAsText,
+        Column::SendAsEmail,
+        Column::AttachInvoice,
+        Column::EsignRequired,
+        Column::SendWithoutKpay,
+    ];
+
+    /// The config-file spelling.
+    pub fn key(self) -> &'static str {
+        match self {
+            Column::DepartmentUuid => "department_uuid",
+            Column::InvoiceGuid => "invoice_guid",
+            Column::SendAsText => "send_as_text",
+            Column::SendAsEmail => "send_as_email",
+            Column::AttachInvoice => "attach_invoice",
+            Column::EsignRequired => "esign_required",
+            Column::SendWithoutKpay => "send_without_kpay",
+        }
+    }
+
+    pub fn from_key(s: &str) -> Option<Column> {
+        Column::ALL.into_iter().find(|c| c.key() == s)
+    }
+}
+
+/// `default` + `deny_unknown_fields` so a partial `[defaults]` table works and a typo is an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Flags {
+    pub send_as_text: bool,
+    pub send_as_email: bool,
+    pub attach_invoice: bool,
+    pub esign_required: bool,
+    pub send_without_kpay: bool,
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Flags {
+            send_as_text: true,
+            send_as_email: true,
+            attach_invoice: true,
+            esign_required: false,
+            send_without_kpay: false,
+        }
+    }
+}
+
+const MAX_ID: usize = 128;
+const DEPT_RULE: &str = "must be 1-128 characters of A-Z a-z 0-9 - _";
+const BOOL_RULE: &str = "not a yes/no value (true/false, yes/no, y/n, 1/0, on/off, t/f)";
+
+/// A department id that is a safe single URL path segment: 1-128 chars of A-Z a-z 0-9 - _ only.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DepartmentUuid(String);
+
+impl DepartmentUuid {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim_ascii();
+        if s.is_empty() {
+            return Err("required".into());
+        }
+        let safe = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        if s.len() > MAX_ID || !s.bytes().all(safe) {
+            return Err(DEPT_RULE.into());
+        }
+        Ok(DepartmentUuid(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// 1-128 chars, no control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct InvoiceGuid(String);
+
+impl InvoiceGuid {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim_ascii();
+        if s.is_empty() {
+            return Err("required".into());
+        }
+        if s.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        if s.chars().count() > MAX_ID {
+            return Err("must be at most 128 characters".into());
+        }
+        Ok(InvoiceGuid(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub department: DepartmentUuid,
+    pub invoice: InvoiceGuid,
+    pub flags: Flags,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// Header text as written in the file, or "(row)".
+    pub column: String,
+    /// At most 40 chars of the cell (then "…"), escaped: cells are hostile and end up in terminals.
+    pub value: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    fn new(column: String, cell: &[u8], reason: impl Into<String>) -> Self {
+        let value = escape(&String::from_utf8_lossy(cell), 40);
+        Invalid {
+            column,
+            value,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn message(&self, line: u64) -> String {
+        let column = escape(&self.column, usize::MAX);
+        format!(
+            "line {line}, column \"{column}\", value \"{}\": {}",
+            self.value, self.reason
+        )
+    }
+}
+
+/// Escapes quotes, backslashes, control and bidi-override characters; cuts after `limit` chars.
+fn escape(s: &str, limit: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(limit.saturating_mul(4)));
+    for (i, c) in s.chars().enumerate() {
+        if i == limit {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\u{61c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}' => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// 0-based data row index (blank lines are not rows).
+    pub seq: u64,
+    /// 1-based physical line where the record starts.
+    pub line: u64,
+    pub parsed: Result<Request, Invalid>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct InputOptions {
+    /// None = sniff from the header line.
+    pub delimiter: Option<u8>,
+    /// Config `[columns]`: canonical column -> header name in the file (compared normalised).
+    pub columns: HashMap<Column, String>,
+    pub defaults: Flags,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: the file is empty (no header line)", path.display())]
+    Empty { path: PathBuf },
+    #[error(
+        "{}: required column {column} not found (looked for a header named \"{wanted}\", \
+         ignoring case, spaces and punctuation); headers found: {found}",
+        path.display()
+    )]
+    MissingColumn {
+        path: PathBuf,
+        column: &'static str,
+        wanted: String,
+        found: String,
+    },
+    #[error("{}: headers \"{first}\" and \"{second}\" are both column {column}", path.display())]
+    DuplicateColumn {
+        path: PathBuf,
+        column: &'static str,
+        first: String,
+        second: String,
+    },
+    #[error("{}: header \"{header}\" matches both {first} and {second}; check [columns]", path.display())]
+    AmbiguousHeader {
+        path: PathBuf,
+        header: String,
+        first: &'static str,
+        second: &'static str,
+    },
+    #[error("{}:{line}: malformed CSV: {message}", path.display())]
+    Csv {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+}
+
+/// Keeps the last two chunks handed to csv, so the byte before the parser's position can be
+/// looked up. csv's own record line points at any blank lines skipped before the record (and
+/// at the pending LF of a CRLF), so the start line is computed backwards from the record's end.
+struct Tail<R> {
+    inner: R,
+    delivered: u64,
+    cur: Vec<u8>,
+    prev: Vec<u8>,
+}
+
+impl<R: Read> Read for Tail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            std::mem::swap(&mut self.cur, &mut self.prev);
+            self.cur.clear();
+            self.cur.extend_from_slice(&buf[..n]);
+            self.delivered += n as u64;
+        }
+        Ok(n)
+    }
+}
+
+impl<R> Tail<R> {
+    fn byte_at(&self, pos: u64) -> Option<u8> {
+        let cur_start = self.delivered - self.cur.len() as u64;
+        let prev_start = cur_start - self.prev.len() as u64;
+        match pos.checked_sub(cur_start) {
+            Some(off) => self.cur.get(off as usize).copied(),
+            None => self
+                .prev
+                .get(pos.checked_sub(prev_start)? as usize)
+                .copied(),
+        }
+    }
+}
+
+const BOM: &[u8] = b"\xef\xbb\xbf";
+/// Tiny under test so every test crosses many chunk boundaries in `Tail`.
+const BUF: usize = if cfg!(test) { 7 } else { 64 * 1024 };
+
+pub struct InputReader {
+    path: PathBuf,
+    rdr: csv::Reader<Tail<File>>,
+    headers: ByteRecord,
+    delimiter: u8,
+    had_bom: bool,
+    /// Header index of each column, in `Column::ALL` order; the first two are always present.
+    index: [Option<usize>; 7],
+    defaults: Flags,
+    seq: u64,
+}
+
+impl InputReader {
+    pub fn open(path: &Path, opts: &InputOptions) -> Result<InputReader, InputError> {
+        let io_err = |source| InputError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = File::open(path).map_err(io_err)?;
+        let (had_bom, sniffed) = sniff(&mut file).map_err(io_err)?;
+        // The BOM is skipped here rather than left to csv-core, which only strips it when
+        // its first buffer happens to hold all three bytes.
+        file.seek(SeekFrom::Start(if had_bom { 3 } else { 0 }))
+            .map_err(io_err)?;
+        let delimiter = opts.delimiter.unwrap_or(sniffed);
+        let tail = Tail {
+            inner: file,
+            delivered: 0,
+            cur: Vec::new(),
+            prev: Vec::new(),
+        };
+        let rdr = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(BUF)
+            .from_reader(tail);
+        let mut me = InputReader {
+            path: path.to_owned(),
+            rdr,
+            headers: ByteRecord::new(),
+            delimiter,
+            had_bom,
+            index: [None; 7],
+            defaults: opts.defaults,
+            seq: 0,
+        };
+        let mut headers = ByteRecord::new();
+        loop {
+            if !me.read(&mut headers)? {
+                return Err(InputError::Empty { path: me.path });
+            }
+            if !is_blank(&headers) {
+                break;
+            }
+        }
+        me.index = me.map_columns(&headers, opts)?;
+        me.headers = headers;
+        Ok(me)
+    }
+
+    fn map_columns(
+        &self,
+        headers: &ByteRecord,
+        opts: &InputOptions,
+    ) -> Result<[Option<usize>; 7], InputError> {
+        let wanted = Column::ALL.map(|c| opts.columns.get(&c).map_or(c.key(), String::as_str));
+        let norm = wanted.map(|w| normalize_header(w.as_bytes()));
+        let lossy = |i: usize| String::from_utf8_lossy(&headers[i]).into_owned();
+        let mut index = [None; 7];
+        for (i, h) in headers.iter().enumerate() {
+            let h = normalize_header(h);
+            let mut hit: Option<Column> = None;
+            for (k, col) in Column::ALL.into_iter().enumerate() {
+                if h.is_empty() || norm[k] != h {
+                    continue;
+                }
+                if let Some(first) = hit {
+                    let (header, first, second) = (lossy(i), first.key(), col.key());
+                    return Err(InputError::AmbiguousHeader {
+                        path: self.path.clone(),
+                        header,
+                        first,
+                        second,
+                    });
+                }
+                if let Some(j) = index[k] {
+                    let (first, second) = (lossy(j), lossy(i));
+                    return Err(InputError::DuplicateColumn {
+                        path: self.path.clone(),
+                        column: col.key(),
+                        first,
+                        second,
+                    });
+                }
+                hit = Some(col);
+                index[k] = Some(i);
+            }
+        }
+        for k in 0..2 {
+            if index[k].is_none() {
+                let mut found: Vec<String> = headers
+                    .iter()
+                    .take(30)
+                    .map(|h| format!("\"{}\"", escape(&String::from_utf8_lossy(h), 40)))
+                    .collect();
+                if headers.len() > 30 {
+                    found.push("…".into());
+                }
+                return Err(InputError::MissingColumn {
+                    path: self.path.clone(),
+                    column: Column::ALL[k].key(),
+                    wanted: wanted[k].to_owned(),
+                    found: found.join(", "),
+                });
+            }
+        }
+        Ok(index)
+    }
+
+    /// Header cells exactly as in the file (BOM removed).
+    pub fn headers(&self) -> &ByteRecord {
+        &self.headers
+    }
+
+    pub fn delimiter(&self) -> u8 {
+        self.delimiter
+    }
+
+    pub fn had_bom(&self) -> bool {
+        self.had_bom
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read(&mut self, raw: &mut ByteRecord) -> Result<bool, InputError> {
+        match self.rdr.read_byte_record(raw) {
+            Ok(more) => Ok(more),
+            Err(e) => {
+                let (path, line) = (self.path.clone(), self.rdr.position().line());
+                Err(match e.into_kind() {
+                    csv::ErrorKind::Io(source) => InputError::Io { path, source },
+                    kind => InputError::Csv {
+                        path,
+                        line,
+                        message: format!("{kind:?}"),
+                    },
+                })
+            }
+        }
+    }
+
+    /// Line where `raw` (just read) starts: the parser's current line, minus the newlines
+    /// inside quoted cells, minus the record's own LF terminator if it was consumed.
+    fn start_line(&self, raw: &ByteRecord) -> u64 {
+        let end = self.rdr.position();
+        let inner = raw.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
+        let ended_on_lf =
+            end.byte() > 0 && self.rdr.get_ref().byte_at(end.byte() - 1) == Some(b'\n');
+        end.line()
+            .saturating_sub(inner + u64::from(ended_on_lf))
+            .max(1)
+    }
+
+    /// Reads the next data record into `raw` (cells as in the file, short rows padded with empty
+    /// cells to the header width; long rows left as read) and returns its parse. Ok(None) at end.
+    pub fn next_record(&mut self, raw: &mut ByteRecord) -> Result<Option<Record>, InputError> {
+        loop {
+            if !self.read(raw)? {
+                return Ok(None);
+            }
+            if is_blank(raw) {
+                continue;
+            }
+            let line = self.start_line(raw);
+            let seq = self.seq;
+            self.seq += 1;
+            let width = self.headers.len();
+            let parsed = if raw.len() > width {
+                let reason = format!(
+                    "has {} cells but the header has {width} (a quote may be missing)",
+                    raw.len()
+                );
+                Err(Invalid::new("(row)".into(), &raw[width], reason))
+            } else {
+                while raw.len() < width {
+                    raw.push_field(b"");
+                }
+                self.parse(raw)
+            };
+            return Ok(Some(Record { seq, line, parsed }));
+        }
+    }
+
+    fn parse(&self, raw: &ByteRecord) -> Result<Request, Invalid> {
+        let invalid = |i: usize, reason: &str| {
+            Invalid::new(
+                String::from_utf8_lossy(&self.headers[i]).into_owned(),
+                &raw[i],
+                reason,
+            )
+        };
+        let text =
+            |i: usize| std::str::from_utf8(&raw[i]).map_err(|_| invalid(i, "not valid UTF-8"));
+        let (d, v) = (self.index[0].unwrap_or(0), self.index[1].unwrap_or(0));
+        let department = DepartmentUuid::parse(text(d)?).map_err(|r| invalid(d, &r))?;
+        let invoice = InvoiceGuid::parse(text(v)?).map_err(|r| invalid(v, &r))?;
+        let mut flags = self.defaults;
+        let slots = [
+            &mut flags.send_as_text,
+            &mut flags.send_as_email,
+            &mut flags.attach_invoice,
+            &mut flags.esign_required,
+            &mut flags.send_without_kpay,
+        ];
+        for (slot, i) in slots.into_iter().zip(&self.index[2..]) {
+            let Some(i) = *i else { continue };
+            match parse_bool(text(i)?) {
+                Ok(Some(b)) => *slot = b,
+                Ok(None) => {}
+                Err(()) => return Err(invalid(i, BOOL_RULE)),
+            }
+        }
+        Ok(Request {
+            department,
+            invoice,
+            flags,
+        })
+    }
+}
+
+/// A line of only whitespace; csv-core already drops truly empty lines.
+fn is_blank(raw: &ByteRecord) -> bool {
+    raw.len() == 1 && raw[0].trim_ascii().is_empty()
+}
+
+/// Returns (BOM present, delimiter) from the first non-blank line: the most frequent of
+/// `,` `;` tab outside double quotes; ties or none mean comma. Reads at most ~1 MiB.
+fn sniff(file: &mut File) -> io::Result<(bool, u8)> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut counts, mut quoted, mut content, mut bom) = ([0usize; 3], false, false, false);
+    let mut first = true;
+    'chunks: for _ in 0..16 {
+        let mut n = 0;
+        while n < buf.len() {
+            match file.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut chunk = &buf[..n];
+        if std::mem::take(&mut first) && chunk.starts_with(BOM) {
+            bom = true;
+            chunk = &chunk[3..];
+        }
+        for &b in chunk {
+            match b {
+                b'"' => quoted = !quoted,
+                b'\n' | b'\r' if !quoted && content => break 'chunks,
+                b'\n' | b'\r' if !quoted => counts = [0; 3],
+                _ if quoted => {}
+                b',' => counts[0] += 1,
+                b';' => counts[1] += 1,
+                b'\t' => counts[2] += 1,
+                _ => {}
+            }
+            content |= !b.is_ascii_whitespace();
+        }
+        if n < buf.len() {
+            break;
+        }
+    }
+    let max = counts.into_iter().max().unwrap_or(0);
+    let delimiter = match counts.iter().filter(|&&c| c == max).count() {
+        1 if max > 0 => [b',', b';', b'\t'][counts.iter().position(|&c| c == max).unwrap_or(0)],
+        _ => b',',
+    };
+    Ok((bom, delimiter))
+}
+
+/// Lower-case, ASCII letters and digits only: "Department UUID" == "departmentUuid" == "department_uuid".
+pub fn normalize_header(h: &[u8]) -> String {
+    h.iter()
+        .filter(|b| b.is_ascii_alphanumeric())
+        .map(|b| b.to_ascii_lowercase() as char)
+        .collect()
+}
+
+/// true/false yes/no y/n 1/0 on/off t/f, any case, trimmed. Blank => Ok(None) (use the default).
+#[allow(clippy::result_unit_err)]
+pub fn parse_bool(s: &str) -> Result<Option<bool>, ()> {
+    let s = s.trim_ascii();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let is = |words: &[&str]| words.iter().any(|w| s.eq_ignore_ascii_case(w));
+    if is(&["true", "yes", "y", "1", "on", "t"]) {
+        Ok(Some(true))
+    } else if is(&["false", "no", "n", "0", "off", "f"]) {
+        Ok(Some(false))
+    } else {
+        Err(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    type Rows = Vec<(Record, Vec<String>)>;
+
+    fn open(
+        content: &[u8],
+        opts: &InputOptions,
+    ) -> (tempfile::NamedTempFile, Result<InputReader, InputError>) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(content).unwrap();
+        let r = InputReader::open(f.path(), opts);
+        (f, r)
+    }
+
+    /// Every record plus its raw cells.
+    fn read_opts(content: &str, opts: &InputOptions) -> (InputReader, Rows) {
+        let mut r = open(content.as_bytes(), opts).1.unwrap();
+        let (mut raw, mut out) = (ByteRecord::new(), Vec::new());
+        while let Some(rec) = r.next_record(&mut raw).unwrap() {
+            let cells = raw.iter().map(|c| String::from_utf8_lossy(c).into_owned());
+            out.push((rec, cells.collect()));
+        }
+        (r, out)
+    }
+
+    fn read(content: &str) -> Rows {
+        read_opts(content, &InputOptions::default()).1
+    }
+
+    fn ok(row: &(Record, Vec<String>)) -> &Request {
+        row.0.parsed.as_ref().unwrap()
+    }
+
+    fn bad(row: &(Record, Vec<String>)) -> (&str, &str, &str) {
+        let i = row.0.parsed.as_ref().unwrap_err();
+        (&i.column, &i.value, &i.reason)
+    }
+
+    fn lines(rows: &Rows) -> Vec<u64> {
+        rows.iter().map(|(r, _)| r.line).collect()
+    }
+
+    fn fatal(content: &[u8], opts: &InputOptions) -> (InputError, String) {
+        let (f, r) = open(content, opts);
+        let e = r.err().unwrap();
+        let msg = e.to_string();
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+        (e, msg)
+    }
+
+    #[test]
+    fn booleans_spellings_blank_and_missing_defaults() {
+        for w in ["true", "YES", " y ", "1", "On", "t"] {
+            assert_eq!(parse_bool(w), Ok(Some(true)), "{w}");
+        }
+        for w in ["false", "No", "N", "0", "OFF", "f\t"] {
+            assert_eq!(parse_bool(w), Ok(Some(false)), "{w}");
+        }
+        assert_eq!((parse_bool("  "), parse_bool("maybe")), (Ok(None), Err(())));
+        let rows = read("department_uuid,invoice_guid,send_as_text,esign_required\nd,i,,yes\nd,i,no,\nd,i,x,1\n");
+        let want = Flags {
+            esign_required: true,
+            ..Flags::default()
+        };
+        assert_eq!(ok(&rows[0]).flags, want);
+        assert_eq!(
+            ok(&rows[1]).flags,
+            Flags {
+                send_as_text: false,
+                ..Flags::default()
+            }
+        );
+        let (col, value, reason) = bad(&rows[2]);
+        assert_eq!((col, value, reason), ("send_as_text", "x", BOOL_RULE));
+        let defaults = Flags {
+            send_as_email: false,
+            ..Flags::default()
+        };
+        let opts = InputOptions {
+            defaults,
+            ..Default::default()
+        };
+        let (_, rows) = read_opts("department_uuid,invoice_guid\nd,i\n", &opts);
+        assert_eq!(ok(&rows[0]).flags, defaults);
+    }
+
+    #[test]
+    fn header_variants_and_column_mapping() {
+        for h in [
+            "Department UUID,Invoice GUID",
+            "departmentUuid,invoiceGuid",
+            "DEPARTMENT-UUID,invoice guid",
+        ] {
+            assert!(read(&format!("{h}\nd,i\n"))[0].0.parsed.is_ok(), "{h}");
+        }
+        let mut opts = InputOptions::default();
+        opts.columns.insert(Column::DepartmentUuid, "Dept".into());
+        opts.columns.insert(Column::SendAsText, "SMS?".into());
+        let (r, rows) = read_opts("Other,dept,Invoice Guid,sms\nkeep,d9,i9,no\n", &opts);
+        let req = ok(&rows[0]);
+        assert_eq!(
+            (req.department.as_str(), req.invoice.as_str()),
+            ("d9", "i9")
+        );
+        assert!(!req.flags.send_as_text);
+        assert_eq!(&r.headers()[1], b"dept");
+        // A mapped column no longer answers to its canonical name.
+        let (_, msg) = fatal(b"department_uuid,invoice_guid\nd,i\n", &opts);
+        assert!(
+            msg.contains("department_uuid") && msg.contains("\"Dept\""),
+            "{msg}"
+        );
+        let (e, msg) = fatal(
+            b"Department UUID,department_uuid,invoice_guid\n",
+            &InputOptions::default(),
+        );
+        assert!(matches!(e, InputError::DuplicateColumn { .. }) && msg.contains("Department UUID"));
+        opts.columns
+            .insert(Column::EsignRequired, "invoice-guid".into());
+        let (e, _) = fatal(b"dept,invoice_guid\n", &opts);
+        assert!(matches!(e, InputError::AmbiguousHeader { .. }));
+    }
+
+    #[test]
+    fn bom_semicolon_tab_crlf_and_forced_delimiter() {
+        let (r, rows) = read_opts(
+            "\u{feff}department_uuid;invoice_guid;note\r\nd;i;a,b\r\n",
+            &InputOptions::default(),
+        );
+        assert!(r.had_bom());
+        assert_eq!(
+            (r.delimiter(), &r.headers()[0]),
+            (b';', &b"department_uuid"[..])
+        );
+        assert_eq!(rows[0].1, ["d", "i", "a,b"]);
+        let (r, rows) = read_opts(
+            "department_uuid\tinvoice_guid\nd\ti, x\n",
+            &InputOptions::default(),
+        );
+        assert!(!r.had_bom());
+        assert_eq!(
+            (r.delimiter(), ok(&rows[0]).invoice.as_str()),
+            (b'\t', "i, x")
+        );
+        let rows = read("department_uuid,invoice_guid\r\nd1,i1\r\n\r\nd2,i2\r\nd3,i3");
+        assert_eq!(
+            (lines(&rows), &rows[2].1[..]),
+            (vec![2, 4, 5], &["d3".to_string(), "i3".into()][..])
+        );
+        let opts = InputOptions {
+            delimiter: Some(b';'),
+            ..Default::default()
+        };
+        assert_eq!(
+            read_opts("department_uuid;invoice_guid;a,b,c,d\n", &opts)
+                .0
+                .headers()
+                .len(),
+            3
+        );
+        for (head, want) in [
+            ("a;b,c;d", b';'),
+            ("\"a;b;c\",d,e", b','),
+            ("a;b,c", b','),
+            ("\n \na\tb", b'\t'),
+            ("ab", b','),
+        ] {
+            let (f, _) = open(head.as_bytes(), &InputOptions::default());
+            assert_eq!(
+                sniff(&mut File::open(f.path()).unwrap()).unwrap(),
+                (false, want),
+                "{head}"
+            );
+        }
+    }
+
+    #[test]
+    fn quoted_delimiters_newlines_and_blank_lines_keep_line_numbers() {
+        let csv = "\n  \ndepartment_uuid,invoice_guid,note\n\nd1,i1,\"a,b\"\n\"d2\",\"i\"\"2\",\"multi\nline\r\nnote\"\n   \n\nd3,i3,x\n\r\n";
+        let (r, rows) = read_opts(csv, &InputOptions::default());
+        assert_eq!(r.headers().len(), 3);
+        assert_eq!(lines(&rows), [5, 6, 11]);
+        assert_eq!(
+            rows.iter().map(|(r, _)| r.seq).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert_eq!(
+            (&rows[0].1[2][..], ok(&rows[1]).invoice.as_str()),
+            ("a,b", "i\"2")
+        );
+        assert_eq!(rows[1].1, ["d2", "i\"2", "multi\nline\r\nnote"]);
+    }
+
+    #[test]
+    fn line_numbers_with_many_rows() {
+        let (mut csv, mut line, mut want) = (
+            String::from("department_uuid,invoice_guid,pad\n"),
+            2,
+            vec![],
+        );
+        for i in 0..3000u64 {
+            want.push(line);
+            let pad = "p".repeat((i * 7 % 23) as usize);
+            let multi = i % 17 == 0;
+            csv += &if multi {
+                format!("d,i{i},\"{pad}\n{pad}\"\r\n")
+            } else {
+                format!("d,i{i},{pad}\n")
+            };
+            line += 1 + u64::from(multi);
+            if i % 13 == 0 {
+                csv += "\n\r\n";
+                line += 2;
+            }
+        }
+        assert_eq!(lines(&read(&csv)), want);
+    }
+
+    #[test]
+    fn hostile_department_and_invoice_values() {
+        let long = "a".repeat(129);
+        for v in [
+            "../x", "a/b", "x?y=1", "%2e%2e", "", "  ", "a b", "ü", &long,
+        ] {
+            let rows = read(&format!("department_uuid,invoice_guid\n\"{v}\",i\n"));
+            let (col, _, reason) = bad(&rows[0]);
+            assert_eq!(col, "department_uuid");
+            assert!(reason == DEPT_RULE || reason == "required", "{v}: {reason}");
+        }
+        assert_eq!(DepartmentUuid::parse(" Ab-_9 ").unwrap().as_str(), "Ab-_9");
+        assert!(DepartmentUuid::parse(&"a".repeat(128)).is_ok());
+        assert!(
+            InvoiceGuid::parse(&"é".repeat(129)).is_err()
+                && InvoiceGuid::parse(&"é".repeat(128)).is_ok()
+        );
+        let rows = read("department_uuid,invoice_guid\nd,\"in\u{7}v\"\nd,\" ok-1 \"\nbad/,\n");
+        assert_eq!(
+            bad(&rows[0]),
+            (
+                "invoice_guid",
+                "in\\u{7}v",
+                "must not contain control characters"
+            )
+        );
+        assert_eq!(ok(&rows[1]).invoice.as_str(), "ok-1");
+        assert_eq!(
+            bad(&rows[2]).0,
+            "department_uuid",
+            "department is reported first"
+        );
+    }
+
+    #[test]
+    fn value_truncated_and_escaped() {
+        let cell = format!("\"{}\nx", "ab".repeat(30)).replace('"', "\"\"");
+        let rows = read(&format!("Department UUID,invoice_guid\n\"{cell}\",i\n"));
+        assert_eq!(bad(&rows[0]).1, format!("\\\"{}a…", "ab".repeat(19)));
+        let i = Invalid::new("Dept\tX".into(), "a\nb\t\u{1b}\\\u{202e}".as_bytes(), "bad");
+        assert_eq!(
+            i.message(12),
+            r#"line 12, column "Dept\tX", value "a\nb\t\u{1b}\\\u{202e}": bad"#
+        );
+        assert_eq!(
+            Invalid::new("c".into(), "x".repeat(40).as_bytes(), "r").value,
+            "x".repeat(40)
+        );
+    }
+
+    #[test]
+    fn fatal_errors_name_the_file() {
+        let (_, msg) = fatal(b"Dept,invoice_guid,Note\nd,i\n", &InputOptions::default());
+        assert!(
+            msg.contains("department_uuid") && msg.contains(r#""Dept", "invoice_guid", "Note""#),
+            "{msg}"
+        );
+        for empty in [&b""[..], b"\xef\xbb\xbf", b"\n\r\n  \n"] {
+            assert!(matches!(
+                fatal(empty, &InputOptions::default()).0,
+                InputError::Empty { .. }
+            ));
+        }
+        let e = InputReader::open(Path::new("/nonexistent/in.csv"), &InputOptions::default());
+        assert!(e.err().unwrap().to_string().contains("/nonexistent/in.csv"));
+    }
+
+    #[test]
+    fn short_rows_padded_long_rows_invalid() {
+        let rows = read(
+            "department_uuid,invoice_guid,send_as_text,note\nd,i\nd,i,no,n,\"extra\",more\nd\n",
+        );
+        assert_eq!(rows[0].1, ["d", "i", "", ""]);
+        assert!(ok(&rows[0]).flags.send_as_text);
+        let reason = "has 6 cells but the header has 4 (a quote may be missing)";
+        assert_eq!(
+            (bad(&rows[1]), rows[1].1.len()),
+            (("(row)", "extra", reason), 6)
+        );
+        assert_eq!(bad(&rows[2]), ("invoice_guid", "", "required"));
+    }
+
+    #[test]
+    fn non_utf8_cells() {
+        let (_f, r) = open(
+            b"department_uuid,invoice_guid,note\nd,i\xff,x\nd,i,\xfe\xff\n",
+            &InputOptions::default(),
+        );
+        let (mut r, mut raw) = (r.unwrap(), ByteRecord::new());
+        let rec = r.next_record(&mut raw).unwrap().unwrap();
+        let i = rec.parsed.unwrap_err();
+        assert_eq!(
+            (&i.column[..], &i.value[..], &i.reason[..]),
+            ("invoice_guid", "i\u{fffd}", "not valid UTF-8")
+        );
+        assert!(r.next_record(&mut raw).unwrap().unwrap().parsed.is_ok());
+        assert_eq!(&raw[2], b"\xfe\xff");
+        assert!(r.next_record(&mut raw).unwrap().is_none());
+    }
+
+    #[test]
+    fn columns_round_trip() {
+        for c in Column::ALL {
+            assert_eq!(Column::from_key(c.key()), Some(c));
+        }
+        assert_eq!(Column::from_key("Department UUID"), None);
+        assert_eq!(normalize_header(b"Department UUID"), "departmentuuid");
+        fn assert_send<T: Send>() {}
+        assert_send::<InputReader>();
+    }
+}
