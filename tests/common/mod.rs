@@ -1,0 +1,214 @@
+//! The test world: a temp folder, a simulator on a loopback port, and the real binary.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use invoice_dispatch::simulator::{SimConfig, Simulator, Stats};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_invoice-dispatch");
+pub const USER: &str = "billing-bot";
+/// Distinctive, so a leak anywhere is found by a plain substring search.
+pub const PASSWORD: &str = "pw-Zq8!xK2#never-print-me";
+pub const DEPT: &str = "3f2b9c1e-7a4d-4e8b-9f61-2c5d8a0e4b17";
+pub const DEPT2: &str = "a81c0d52-19e6-4b3f-8c2a-6d7e90f1b345";
+pub const HEADER: &str = "department_uuid,invoice_guid,send_as_text,send_as_email";
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub sim: Simulator,
+}
+
+/// One finished run of the binary.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// Parsed results file (header -> cell), in file order; empty if none was written.
+    pub rows: Vec<HashMap<String, String>>,
+    pub results_text: String,
+    pub summary: serde_json::Value,
+}
+
+impl Run {
+    pub fn statuses(&self) -> Vec<String> {
+        self.rows.iter().map(|r| r["status"].clone()).collect()
+    }
+    pub fn row(&self, invoice: &str) -> &HashMap<String, String> {
+        self.rows
+            .iter()
+            .find(|r| r.get("invoice_guid").map(String::as_str) == Some(invoice))
+            .unwrap_or_else(|| panic!("no result row for {invoice}: {:#?}", self.rows))
+    }
+    pub fn count(&self, status: &str) -> usize {
+        self.rows.iter().filter(|r| r["status"] == status).count()
+    }
+}
+
+impl World {
+    pub async fn start() -> World {
+        World::with(SimConfig::default()).await
+    }
+
+    pub async fn with(config: SimConfig) -> World {
+        World {
+            dir: tempfile::tempdir().unwrap(),
+            sim: Simulator::spawn(config).await.expect("start the simulator"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// `HEADER` plus one row per (invoice, text, email) — the common case of most tests.
+    pub fn input(&self, rows: &[&str]) -> PathBuf {
+        let mut text = String::from(HEADER);
+        text.push('\n');
+        for r in rows {
+            text.push_str(r);
+            text.push('\n');
+        }
+        self.write("input.csv", text)
+    }
+
+    pub fn ledger(&self) -> PathBuf {
+        self.path("ledger.sqlite3")
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.sim.stats()
+    }
+
+    /// The binary with a clean environment holding only the test credentials.
+    pub fn command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(BIN);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("INVOICE_DISPATCH_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("INVOICE_DISPATCH_USERNAME", USER)
+            .env("INVOICE_DISPATCH_PASSWORD", PASSWORD)
+            .env("HOME", self.dir.path())
+            .env("XDG_DATA_HOME", self.path("xdg"))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// `send INPUT` to the simulator with the world's ledger, results and summary paths,
+    /// fast backoff, plus `extra` flags.
+    pub fn send_command(&self, input: &Path, extra: &[&str]) -> tokio::process::Command {
+        let mut cmd = self.command();
+        cmd.arg("send")
+            .arg(input)
+            .arg("--base-url")
+            .arg(self.sim.base_url())
+            .arg("--ledger")
+            .arg(self.ledger())
+            .arg("--out")
+            .arg(self.path("results.csv"))
+            .arg("--summary-json")
+            .arg(self.path("summary.json"))
+            .args(["--rate", "0", "--no-progress"])
+            .arg("--config")
+            .arg(self.fast_config(""))
+            // Later flags override earlier ones, so `extra` can replace any of the above.
+            .args(extra);
+        cmd
+    }
+
+    /// A config file with short backoffs (so retries are quick) plus `extra` TOML.
+    pub fn fast_config(&self, extra: &str) -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.write(
+            &format!("config-{n}.toml"),
+            format!("backoff_base = \"20ms\"\nbackoff_max = \"100ms\"\n{extra}\n"),
+        )
+    }
+
+    pub async fn send(&self, input: &Path, extra: &[&str]) -> Run {
+        let _ = std::fs::remove_file(self.path("results.csv"));
+        let _ = std::fs::remove_file(self.path("summary.json"));
+        let out = self.send_command(input, extra).output().await.unwrap();
+        self.finish(out)
+    }
+
+    /// Collects a finished process's output, results and summary.
+    pub fn finish(&self, out: std::process::Output) -> Run {
+        let results_text = std::fs::read_to_string(self.path("results.csv")).unwrap_or_default();
+        let summary = std::fs::read(self.path("summary.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            rows: parse_results(&results_text),
+            results_text,
+            summary,
+        }
+    }
+
+    /// How many requests the simulator received for one invoice of `DEPT`.
+    pub fn received(&self, dept: &str, invoice: &str) -> u64 {
+        self.stats()
+            .by_invoice
+            .get(&format!("{dept}/{invoice}"))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+pub fn parse_results(text: &str) -> Vec<HashMap<String, String>> {
+    if text.is_empty() {
+        return Vec::new();
+    }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let delimiter = if text.lines().next().unwrap_or("").contains(';') {
+        b';'
+    } else {
+        b','
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            headers
+                .iter()
+                .zip(r.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes; panics with `what` on timeout.
+pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,295 @@
+//! Never twice, never lost: reruns, interrupts, crashes and concurrent runs on one ledger.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use invoice_dispatch::simulator::SimConfig;
+
+fn rows(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{DEPT},{prefix}{i:05},,")).collect()
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn signal(child: &tokio::process::Child, sig: i32) {
+    let pid = child.id().expect("child still running") as i32;
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+fn no_invoice_twice(w: &World) {
+    let twice: Vec<_> = w
+        .stats()
+        .by_invoice
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    assert!(twice.is_empty(), "received twice: {twice:?}");
+}
+
+#[tokio::test]
+async fn running_the_same_command_twice_sends_nothing_the_second_time() {
+    let w = World::start().await;
+    let input = w.input(&refs(&rows("ok-", 25)));
+    let first = w.send(&input, &[]).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(w.stats().total_requests, 25);
+    let second = w.send(&input, &[]).await;
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(w.stats().total_requests, 25);
+    assert_eq!(second.count("skipped"), 25);
+    assert_eq!(second.summary["requests"], 0);
+    let msg = &second.rows[0]["message"];
+    assert!(
+        msg.starts_with("sent 20") && msg.contains("by run 1"),
+        "{msg}"
+    );
+    // Links from the first run are not in the second run's rows, but the rows still say why.
+    assert_eq!(second.rows.len(), 25);
+}
+
+#[tokio::test]
+async fn reruns_retry_failed_invalid_and_keep_unknown_until_asked() {
+    let w = World::start().await;
+    let input = w.input(&[
+        &format!("{DEPT},ok-1,,"),
+        &format!("{DEPT},bad-2,,"),
+        &format!("{DEPT},err500-3,,"),
+        "../x,ok-4,,",
+    ]);
+    let first = w.send(&input, &[]).await;
+    assert_eq!(first.statuses(), ["sent", "failed", "unknown", "invalid"]);
+    let second = w.send(&input, &[]).await;
+    assert_eq!(
+        second.statuses(),
+        ["skipped", "failed", "skipped", "invalid"]
+    );
+    assert!(
+        second.rows[2]["message"].starts_with("unknown"),
+        "{:?}",
+        second.rows[2]
+    );
+    assert_eq!(w.received(DEPT, "ok-1"), 1);
+    assert_eq!(w.received(DEPT, "bad-2"), 2);
+    assert_eq!(w.received(DEPT, "err500-3"), 1);
+    assert_eq!(second.code, 2);
+    let third = w.send(&input, &["--retry-unknown"]).await;
+    assert_eq!(
+        third.statuses(),
+        ["skipped", "failed", "unknown", "invalid"]
+    );
+    assert_eq!(w.received(DEPT, "err500-3"), 2);
+    let fourth = w.send(&input, &["--resend"]).await;
+    assert_eq!(fourth.rows[0]["status"], "sent");
+    assert_eq!(w.received(DEPT, "ok-1"), 2);
+}
+
+#[tokio::test]
+async fn the_dedupe_window_expires() {
+    let w = World::start().await;
+    let input = w.input(&[&format!("{DEPT},ok-1,,")]);
+    let config = w.fast_config("dedupe_window = \"1ms\"");
+    let config = config.to_str().unwrap();
+    w.send(&input, &["--config", config]).await;
+    let again = w.send(&input, &["--config", config]).await;
+    assert_eq!(again.statuses(), ["sent"]);
+    assert_eq!(w.received(DEPT, "ok-1"), 2);
+}
+
+#[tokio::test]
+async fn a_rehearsal_never_makes_a_real_send_look_done() {
+    let w = World::start().await;
+    let other = invoice_dispatch::simulator::Simulator::spawn(SimConfig::default())
+        .await
+        .unwrap();
+    let input = w.input(&[&format!("{DEPT},ok-1,,")]);
+    let run = w.send(&input, &[]).await;
+    assert_eq!(run.statuses(), ["sent"]);
+    // Same ledger, another target: the first send does not count there.
+    let mut cmd = w.command();
+    cmd.arg("send")
+        .arg(&input)
+        .args(["--base-url", &other.base_url(), "--ledger"])
+        .arg(w.ledger())
+        .arg("--out")
+        .arg(w.path("results.csv"));
+    let run = w.finish(cmd.output().await.unwrap());
+    assert_eq!(run.statuses(), ["sent"]);
+    assert_eq!(other.stats().total_requests, 1);
+}
+
+#[tokio::test]
+async fn sigint_finishes_in_flight_writes_results_and_the_rerun_sends_only_the_rest() {
+    let w = World::start().await;
+    let input = w.input(&refs(&rows("ok-", 200)));
+    let child = w
+        .send_command(&input, &["--rate", "40", "--concurrency", "4"])
+        .spawn()
+        .unwrap();
+    wait_for("some requests", Duration::from_secs(20), || {
+        w.stats().total_requests >= 10
+    })
+    .await;
+    signal(&child, libc::SIGINT);
+    let out = child.wait_with_output().await.unwrap();
+    let run = w.finish(out);
+    assert_eq!(run.code, 130, "{}", run.stderr);
+    assert_eq!(run.rows.len(), 200);
+    let sent = run.count("sent");
+    assert!(sent >= 10 && run.count("not_sent") > 0, "{:?}", run.summary);
+    assert_eq!(sent + run.count("not_sent"), 200, "{:?}", run.summary);
+    assert_eq!(w.stats().total_requests as usize, sent);
+
+    let rerun = w.send(&input, &[]).await;
+    assert_eq!(rerun.code, 0, "{}", rerun.stderr);
+    assert_eq!(rerun.count("skipped"), sent);
+    assert_eq!(rerun.count("sent"), 200 - sent);
+    assert_eq!(w.stats().total_requests, 200);
+    no_invoice_twice(&w);
+}
+
+#[tokio::test]
+async fn a_second_run_on_the_same_ledger_exits_1_naming_the_ledger_and_the_other_process() {
+    let w = World::start().await;
+    let input = w.input(&refs(&rows("ok-", 100)));
+    let mut first = w
+        .send_command(&input, &["--rate", "20", "--concurrency", "2"])
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the first run to start sending",
+        Duration::from_secs(20),
+        || w.stats().total_requests >= 1,
+    )
+    .await;
+    let mut second = w.command();
+    second
+        .arg("send")
+        .arg(&input)
+        .args(["--base-url", &w.sim.base_url(), "--ledger"])
+        .arg(w.ledger())
+        .arg("--out")
+        .arg(w.path("second.csv"));
+    let out = second.output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ledger.sqlite3"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", first.id().unwrap())),
+        "{stderr}"
+    );
+    signal(&first, libc::SIGINT);
+    first.wait().await.unwrap();
+    no_invoice_twice(&w);
+}
+
+#[tokio::test]
+async fn sigkill_at_a_random_moment_then_rerun_never_sends_an_invoice_twice() {
+    let w = World::with(SimConfig {
+        latency: Duration::from_millis(5),
+        ..SimConfig::default()
+    })
+    .await;
+    let n = 2000;
+    let input = w.input(&refs(&rows("ok-", n)));
+    let args = ["--rate", "200", "--concurrency", "16"];
+    let mut child = w.send_command(&input, &args).spawn().unwrap();
+    let kill_after = 50 + rand::random::<u64>() % 1500;
+    wait_for("requests before the kill", Duration::from_secs(30), || {
+        w.stats().total_requests >= kill_after
+    })
+    .await;
+    signal(&child, libc::SIGKILL);
+    child.wait().await.unwrap();
+    let before = w.stats().total_requests;
+
+    let rerun = w.send(&input, &args).await;
+    assert_eq!(rerun.rows.len(), n);
+    no_invoice_twice(&w);
+    let stats = w.stats();
+    // Every invoice was either received once, or is reported for a person to check.
+    let unknown = rerun
+        .rows
+        .iter()
+        .filter(|r| r["status"] == "skipped" && r["message"].starts_with("unknown"))
+        .count();
+    assert!(
+        unknown <= 16,
+        "{unknown} rows in flight at the kill, concurrency 16"
+    );
+    assert_eq!(
+        rerun.count("sent") + rerun.count("skipped"),
+        n,
+        "{:?}",
+        rerun.summary
+    );
+    assert_eq!(
+        stats.total_requests as usize,
+        before as usize + rerun.count("sent")
+    );
+    assert!(rerun.code == 0, "{}", rerun.stderr);
+}
+
+#[tokio::test]
+async fn a_corrupt_newer_or_unwritable_ledger_is_fatal_before_sending() {
+    let w = World::start().await;
+    let input = w.input(&[&format!("{DEPT},ok-1,,")]);
+
+    std::fs::write(
+        w.ledger(),
+        b"this is not a database, just some bytes that are long enough",
+    )
+    .unwrap();
+    let run = w.send(&input, &[]).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("ledger"), "{}", run.stderr);
+    std::fs::remove_file(w.ledger()).unwrap();
+
+    {
+        let conn = rusqlite::Connection::open(w.ledger()).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99;").unwrap();
+    }
+    let run = w.send(&input, &[]).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("newer"), "{}", run.stderr);
+
+    // A folder where the ledger should be: cannot be opened as a database.
+    let blocked = w.write("not-a-folder", "x");
+    let mut cmd = w.command();
+    cmd.arg("send")
+        .arg(&input)
+        .args(["--base-url", &w.sim.base_url(), "--ledger"])
+        .arg(blocked.join("ledger.sqlite3"));
+    let out = cmd.output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ledger"));
+
+    assert_eq!(w.stats().total_requests, 0);
+}
+
+#[tokio::test]
+async fn no_ledger_warns_loudly_and_remembers_nothing() {
+    let w = World::start().await;
+    let input = w.input(&[&format!("{DEPT},ok-1,,")]);
+    let mut cmd = w.command();
+    cmd.arg("send")
+        .arg(&input)
+        .args(["--base-url", &w.sim.base_url(), "--no-ledger", "--out"])
+        .arg(w.path("results.csv"));
+    let out = cmd.output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WITHOUT A LEDGER"));
+    let out = w
+        .command()
+        .arg("send")
+        .arg(&input)
+        .args(["--base-url", &w.sim.base_url(), "--no-ledger"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(w.received(DEPT, "ok-1"), 2);
+}
