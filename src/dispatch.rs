@@ -281,9 +281,10 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, mut rows: mpsc::Receiver<Admitted>) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut tasks = JoinSet::new();
-        loop {
-            // The permit is taken before the next row is accepted, so a stopped run leaves
-            // unstarted rows in the queue (and so `not_sent`) rather than in tasks.
+        let mut ready = Vec::with_capacity(self.settings.concurrency);
+        'run: loop {
+            // A permit is taken before a row is accepted, so a stopped run leaves unstarted
+            // rows in the queue (and so `not_sent`) rather than in tasks.
             let permit = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break,
@@ -294,8 +295,25 @@ impl Dispatcher {
                 _ = self.stop.cancelled() => break,
                 r = rows.recv() => match r { Some(r) => r, None => break },
             };
+            ready.push((row, permit));
+            // Take every row that has a free slot now, and mark them all in flight in one
+            // commit: a commit per row would put a disk flush on every request's path.
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                match rows.try_recv() {
+                    Ok(row) => ready.push((row, permit)),
+                    Err(_) => break,
+                }
+            }
+            let requests = ready.iter().map(|(r, _)| r.request.clone()).collect();
+            if let Err(e) = self.ledger.mark_in_flight(requests).await {
+                self.stop(StopReason::Ledger(format!("{e:#}")));
+                // Unmarked rows stay pending in the ledger and are reported `not_sent`.
+                break 'run;
+            }
             while tasks.try_join_next().is_some() {}
-            tasks.spawn(self.clone().send_row(row, permit));
+            for (row, permit) in ready.drain(..) {
+                tasks.spawn(self.clone().send_row(row, permit));
+            }
         }
         drop(rows);
         if self.stop_reason() == Some(&StopReason::Interrupted) {
@@ -317,6 +335,7 @@ impl Dispatcher {
         }
     }
 
+    /// Sends one row that is already marked in flight, and records its outcome.
     async fn send_row(self: Arc<Self>, row: Admitted, _permit: OwnedSemaphorePermit) {
         let outcome = self.attempts(&row).await;
         self.progress.count(outcome.status);
@@ -481,18 +500,6 @@ impl Dispatcher {
                     (status, message)
                 };
                 return outcome(status, message, attempts, last_http, last_answer);
-            }
-            if attempts == 0 {
-                if let Err(e) = self.ledger.mark_in_flight(row.seq, req).await {
-                    self.stop(StopReason::Ledger(format!("{e:#}")));
-                    return outcome(
-                        Status::NotSent,
-                        "not sent: the ledger could not record the send".into(),
-                        0,
-                        None,
-                        None,
-                    );
-                }
             }
             attempts += 1;
             let _ = self.progress.first_request.set(Instant::now());

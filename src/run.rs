@@ -21,7 +21,7 @@ use crate::simulator::{SimConfig, Simulator};
 
 /// Records handed to the ledger for admission at once: large enough to amortise the
 /// commit, small enough that the first request leaves at once.
-const ADMIT_BATCH: usize = 256;
+const ADMIT_BATCH: usize = 64;
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
