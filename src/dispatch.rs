@@ -71,6 +71,8 @@ pub struct Settings {
 /// Counters shared with the progress display and the summary.
 #[derive(Default)]
 pub struct Progress {
+    /// Rows settled at admission (invalid, duplicate, skipped): done without a request.
+    pub admitted_done: AtomicU64,
     counts: [AtomicU64; 10],
     pub requests: AtomicU64,
     first_request: OnceLock<Instant>,
@@ -85,7 +87,8 @@ impl Progress {
         self.counts[status as usize].load(Ordering::Relaxed)
     }
     pub fn done(&self) -> u64 {
-        Status::FINAL.iter().map(|s| self.get(*s)).sum()
+        self.admitted_done.load(Ordering::Relaxed)
+            + Status::FINAL.iter().map(|s| self.get(*s)).sum::<u64>()
     }
     /// Seconds from the first request leaving to the last answer read.
     pub fn sending_seconds(&self) -> f64 {
@@ -265,7 +268,8 @@ impl Dispatcher {
 
     /// Stops starting requests. The first reason given is the one reported.
     pub fn stop(&self, reason: StopReason) {
-        if self.reason.set(reason.clone()).is_ok() {
+        // An interrupt was already announced by the signal handler.
+        if self.reason.set(reason.clone()).is_ok() && reason != StopReason::Interrupted {
             tracing::warn!("stopping: {}", reason.describe());
         }
         self.stop.cancel();
@@ -281,10 +285,9 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, mut rows: mpsc::Receiver<Admitted>) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut tasks = JoinSet::new();
-        let mut ready = Vec::with_capacity(self.settings.concurrency);
-        'run: loop {
-            // A permit is taken before a row is accepted, so a stopped run leaves unstarted
-            // rows in the queue (and so `not_sent`) rather than in tasks.
+        loop {
+            // The permit is taken before the next row is accepted, so a stopped run leaves
+            // unstarted rows in the queue (and so `not_sent`) rather than in tasks.
             let permit = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break,
@@ -295,25 +298,8 @@ impl Dispatcher {
                 _ = self.stop.cancelled() => break,
                 r = rows.recv() => match r { Some(r) => r, None => break },
             };
-            ready.push((row, permit));
-            // Take every row that has a free slot now, and mark them all in flight in one
-            // commit: a commit per row would put a disk flush on every request's path.
-            while let Ok(permit) = slots.clone().try_acquire_owned() {
-                match rows.try_recv() {
-                    Ok(row) => ready.push((row, permit)),
-                    Err(_) => break,
-                }
-            }
-            let requests = ready.iter().map(|(r, _)| r.request.clone()).collect();
-            if let Err(e) = self.ledger.mark_in_flight(requests).await {
-                self.stop(StopReason::Ledger(format!("{e:#}")));
-                // Unmarked rows stay pending in the ledger and are reported `not_sent`.
-                break 'run;
-            }
             while tasks.try_join_next().is_some() {}
-            for (row, permit) in ready.drain(..) {
-                tasks.spawn(self.clone().send_row(row, permit));
-            }
+            tasks.spawn(self.clone().send_row(row, permit));
         }
         drop(rows);
         if self.stop_reason() == Some(&StopReason::Interrupted) {
@@ -335,7 +321,6 @@ impl Dispatcher {
         }
     }
 
-    /// Sends one row that is already marked in flight, and records its outcome.
     async fn send_row(self: Arc<Self>, row: Admitted, _permit: OwnedSemaphorePermit) {
         let outcome = self.attempts(&row).await;
         self.progress.count(outcome.status);
@@ -465,32 +450,10 @@ impl Dispatcher {
         let mut last_why = String::new();
         let mut probe = match self.department_turn(req).await {
             Ok(probe) => probe,
-            Err(why) => {
-                return outcome(
-                    Status::Failed,
-                    format!("not sent: {why} (earlier row)"),
-                    0,
-                    None,
-                    None,
-                )
-            }
+            Err(why) => return outcome(Status::Failed, refused(why), 0, None, None),
         };
         loop {
-            let gated = match self.blocked_reason(req) {
-                Some(why) => Some((Status::Failed, format!("not sent: {why} (earlier row)"))),
-                None if !self.wait_turn().await => Some((
-                    Status::NotSent,
-                    format!(
-                        "not sent: run stopped, {}",
-                        self.stop_reason()
-                            .map(StopReason::describe)
-                            .unwrap_or_default()
-                    ),
-                )),
-                None => self
-                    .blocked_reason(req)
-                    .map(|why| (Status::Failed, format!("not sent: {why} (earlier row)"))),
-            };
+            let gated = self.gate(req).await;
             if let Some((status, message)) = gated {
                 let (status, message) = if maybe_delivered {
                     (Status::Unknown, format!("{last_why}; then {message}"))
@@ -500,6 +463,16 @@ impl Dispatcher {
                     (status, message)
                 };
                 return outcome(status, message, attempts, last_http, last_answer);
+            }
+            if attempts == 0 {
+                // Marked after the rate-limit wait, right before the request leaves, so a
+                // crash reports as unknown only the rows that may really have been sent.
+                // Concurrent marks share one commit in the ledger thread.
+                if let Err(e) = self.ledger.mark_in_flight(req).await {
+                    self.stop(StopReason::Ledger(format!("{e:#}")));
+                    let message = "not sent: the ledger could not record the send".to_string();
+                    return outcome(Status::NotSent, message, 0, None, None);
+                }
             }
             attempts += 1;
             let _ = self.progress.first_request.set(Instant::now());
@@ -554,7 +527,10 @@ impl Dispatcher {
                         } else {
                             Status::Failed
                         };
-                        let message = format!("gave up after {attempts} attempts: {last_why}");
+                        let mut message = format!("gave up after {attempts} attempts: {last_why}");
+                        if maybe_delivered {
+                            message.push_str("; an earlier attempt may have been delivered");
+                        }
                         return outcome(status, message, attempts, last_http, last_answer);
                     }
                     let delay = self.backoff(attempts, after);
@@ -583,7 +559,25 @@ impl Dispatcher {
         }
     }
 
-    /// Sleeps unless the run stops first; the caller's next `wait_turn` notices the stop.
+    /// Whether the row may make its next attempt now: waits for its turn, and says why not
+    /// when the run stopped or the department was refused meanwhile. The refusal is checked
+    /// before waiting too, so a refused department's rows do not use up rate-limit tokens.
+    async fn gate(&self, req: &Request) -> Option<(Status, String)> {
+        if let Some(why) = self.blocked_reason(req) {
+            return Some((Status::Failed, refused(why)));
+        }
+        if !self.wait_turn().await {
+            let reason = self.stop_reason().map(StopReason::describe);
+            return Some((
+                Status::NotSent,
+                format!("not sent: run stopped, {}", reason.unwrap_or_default()),
+            ));
+        }
+        self.blocked_reason(req)
+            .map(|why| (Status::Failed, refused(why)))
+    }
+
+    /// Sleeps unless the run stopped first; the caller's next `wait_turn` notices the stop.
     async fn sleep(&self, delay: Duration) {
         tokio::select! {
             _ = self.stop.cancelled() => {}
@@ -624,6 +618,10 @@ impl Drop for Probe<'_> {
             }
         }
     }
+}
+
+fn refused(why: String) -> String {
+    format!("not sent: {why} (earlier row)")
 }
 
 fn outcome(

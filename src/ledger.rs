@@ -245,22 +245,20 @@ impl Ledger {
                 }
                 // Only `sends` is written: rendering reads a pending row whose invoice is in
                 // flight for this run as in flight, which saves a write on the hot path.
-                Cmd::MarkInFlight { requests, .. } => {
-                    let mut mark = tx.prepare_cached(
+                Cmd::MarkInFlight { request, .. } => {
+                    tx.prepare_cached(
                         "INSERT INTO sends (target, dept, invoice, status, run_id, at_ms)
                          VALUES (?1, ?2, ?3, 'in_flight', ?4, ?5)
                          ON CONFLICT (target, dept, invoice) DO UPDATE SET
                            status = 'in_flight', run_id = ?4, at_ms = ?5",
-                    )?;
-                    for request in requests.iter() {
-                        mark.execute(params![
-                            self.target,
-                            request.department.as_str(),
-                            request.invoice.as_str(),
-                            self.run_id,
-                            now_ms
-                        ])?;
-                    }
+                    )?
+                    .execute(params![
+                        self.target,
+                        request.department.as_str(),
+                        request.invoice.as_str(),
+                        self.run_id,
+                        now_ms
+                    ])?;
                 }
                 Cmd::Record {
                     seq,
@@ -268,13 +266,16 @@ impl Ledger {
                     outcome,
                 } => {
                     write_outcome(&tx, self.run_id, *seq, outcome)?;
-                    // Every dispatched row was marked in flight; its outcome replaces the mark.
-                    {
+                    // Only a row that made a request was marked; only its outcome changes
+                    // what a rerun does. `sent_ms` remembers the last real send even when a
+                    // later --resend fails, so the dedupe window still holds.
+                    if outcome.attempts > 0 {
+                        let sent = matches!(outcome.status, Status::Sent | Status::Partial);
                         tx.prepare_cached(
-                            "INSERT INTO sends (target, dept, invoice, status, run_id, at_ms)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                             ON CONFLICT (target, dept, invoice) DO UPDATE SET
-                               status = ?4, run_id = ?5, at_ms = ?6",
+                            "UPDATE sends SET status = ?4, run_id = ?5, at_ms = ?6,
+                                 sent_run = CASE WHEN ?7 THEN ?5 ELSE sent_run END,
+                                 sent_ms = CASE WHEN ?7 THEN ?6 ELSE sent_ms END
+                             WHERE target = ?1 AND dept = ?2 AND invoice = ?3",
                         )?
                         .execute(params![
                             self.target,
@@ -282,7 +283,8 @@ impl Ledger {
                             request.invoice.as_str(),
                             outcome.status.as_str(),
                             self.run_id,
-                            now_ms
+                            now_ms,
+                            sent
                         ])?;
                     }
                 }
@@ -379,6 +381,8 @@ fn open_connection(path: &Path, durable: bool) -> Result<Connection> {
                  status TEXT NOT NULL,
                  run_id INTEGER NOT NULL,
                  at_ms INTEGER NOT NULL,
+                 sent_run INTEGER,
+                 sent_ms INTEGER,
                  PRIMARY KEY (target, dept, invoice)
              ) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS results (
@@ -489,7 +493,8 @@ fn admit(
         "SELECT MIN(line) FROM results WHERE run_id = ?1 AND dept = ?2 AND invoice = ?3",
     )?;
     let mut earlier = tx.prepare_cached(
-        "SELECT status, run_id, at_ms FROM sends WHERE target = ?1 AND dept = ?2 AND invoice = ?3",
+        "SELECT status, run_id, at_ms, sent_run, sent_ms FROM sends
+         WHERE target = ?1 AND dept = ?2 AND invoice = ?3",
     )?;
     let window_ms = i64::try_from(policy.dedupe_window.as_millis()).unwrap_or(i64::MAX);
     let stamp = now_rfc3339();
@@ -501,34 +506,39 @@ fn admit(
                 let invoice = req.invoice.as_str();
                 let first: Option<u64> =
                     first_line.query_row(params![run_id, dept, invoice], |r| r.get(0))?;
-                let prior: Option<(String, i64, i64)> = earlier
+                let prior: Option<Prior> = earlier
                     .query_row(params![target, dept, invoice], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        Ok(Prior {
+                            status: r.get(0)?,
+                            run: r.get(1)?,
+                            at_ms: r.get(2)?,
+                            sent_run: r.get(3)?,
+                            sent_ms: r.get(4)?,
+                        })
                     })
                     .optional()?;
                 let (status, message) = match (first, prior) {
                     (Some(line), _) => (Status::Duplicate, format!("duplicate of line {line}")),
-                    (None, Some((status, run, at)))
-                        if matches!(status.as_str(), "sent" | "partial")
-                            && !policy.resend
-                            && now_ms.saturating_sub(at) < window_ms =>
-                    {
-                        (
-                            Status::Skipped,
-                            format!(
-                                "{status} {} by run {run}; within the dedupe window (--resend to send again)",
-                                rfc3339_from_ms(at)
-                            ),
-                        )
-                    }
-                    (None, Some((status, run, at)))
-                        if matches!(status.as_str(), "in_flight" | "unknown")
+                    (None, Some(p))
+                        if matches!(p.status.as_str(), "in_flight" | "unknown")
                             && !policy.retry_unknown =>
                     {
                         (
                             Status::Skipped,
                             format!(
-                                "unknown: run {run} sent it at {} and read no answer, so the customer may have been notified; check, then use --retry-unknown to send again",
+                                "unknown: run {} sent it at {} and read no answer, so the customer may have been notified; check, then use --retry-unknown to send again",
+                                p.run,
+                                rfc3339_from_ms(p.at_ms)
+                            ),
+                        )
+                    }
+                    (None, Some(Prior { sent_run: Some(run), sent_ms: Some(at), .. }))
+                        if !policy.resend && now_ms.saturating_sub(at) < window_ms =>
+                    {
+                        (
+                            Status::Skipped,
+                            format!(
+                                "sent {} by run {run}; within the dedupe window (--resend to send again)",
                                 rfc3339_from_ms(at)
                             ),
                         )
@@ -560,13 +570,22 @@ fn admit(
     Ok(to_send)
 }
 
+/// What the ledger knows of an invoice from earlier runs.
+struct Prior {
+    status: String,
+    run: i64,
+    at_ms: i64,
+    sent_run: Option<i64>,
+    sent_ms: Option<i64>,
+}
+
 enum Cmd {
     Admit {
         rows: Vec<Record>,
         reply: Option<AdmitReply>,
     },
     MarkInFlight {
-        requests: Vec<Request>,
+        request: Request,
         reply: Option<oneshot::Sender<Result<(), String>>>,
     },
     Record {
@@ -625,12 +644,12 @@ impl LedgerHandle {
             .map_err(|e| anyhow::anyhow!("ledger write failed: {e}"))
     }
 
-    /// Durably marks the rows in flight; returns once the marks are committed.
-    pub async fn mark_in_flight(&self, requests: Vec<Request>) -> Result<()> {
+    /// Durably marks the row in flight; returns once the mark is committed.
+    pub async fn mark_in_flight(&self, request: &Request) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Cmd::MarkInFlight {
-                requests,
+                request: request.clone(),
                 reply: Some(tx),
             })
             .await

@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,7 +44,7 @@ impl Summary {
         Summary {
             rows: counts.rows(),
             counts: counts.iter().map(|(s, n)| (s.as_str(), n)).collect(),
-            requests: progress.requests.load(std::sync::atomic::Ordering::Relaxed),
+            requests: progress.requests.load(Ordering::Relaxed),
             elapsed_seconds: round2(started.elapsed().as_secs_f64()),
             requests_per_second: round2(progress.requests_per_second()),
             simulation,
@@ -143,10 +144,9 @@ fn spawn_reader(
                         &mut batch,
                         Vec::with_capacity(ADMIT_BATCH),
                     ))?;
-                    for _ in to_send.len()..n {
-                        // Settled at admission (invalid, duplicate, skipped): counted as done.
-                        progress.count(Status::Skipped);
-                    }
+                    progress
+                        .admitted_done
+                        .fetch_add((n - to_send.len()) as u64, Ordering::Relaxed);
                     for record in to_send {
                         let Ok(request) = record.parsed else { continue };
                         let row = Admitted {
@@ -315,7 +315,6 @@ pub async fn validate(input: &Path, options: &InputOptions) -> Result<i32> {
 
 /// `send` (and `send --dry-run`).
 pub async fn send(mut config: Config) -> Result<Summary> {
-    let started = Instant::now();
     // Fatal input problems (missing file, missing column) stop us before anything else.
     InputReader::open(&config.input, &config.input_options)?;
     if !config.dry_run {
@@ -356,6 +355,8 @@ pub async fn send(mut config: Config) -> Result<Summary> {
         }
     }
 
+    // Elapsed time is the run's, not the time a person took to answer the question.
+    let started = Instant::now();
     if config.ledger == LedgerChoice::Throwaway && !config.simulate && !config.dry_run {
         tracing::warn!(
             "RUNNING WITHOUT A LEDGER: nothing remembers what this run sends; running it again WILL notify customers twice"
@@ -538,7 +539,7 @@ async fn show_progress(progress: Arc<Progress>, total: Option<u64>, bar: bool, q
         );
         pb.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {per_sec}  ETA {eta}  {msg}",
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  ETA {eta}  {msg}",
             )
             .expect("valid template"),
         );
@@ -553,7 +554,11 @@ async fn show_progress(progress: Arc<Progress>, total: Option<u64>, bar: bool, q
         let _clear = Clear(pb.clone());
         loop {
             pb.set_position(progress.done());
-            pb.set_message(format!("failures: {}", failures(&progress)));
+            pb.set_message(format!(
+                "{:.0} req/s  failures: {}",
+                progress.requests_per_second(),
+                failures(&progress)
+            ));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     } else {
@@ -564,7 +569,7 @@ async fn show_progress(progress: Arc<Progress>, total: Option<u64>, bar: bool, q
             tracing::info!(
                 done = progress.done(),
                 total = total.unwrap_or(0),
-                requests = progress.requests.load(std::sync::atomic::Ordering::Relaxed),
+                requests = progress.requests.load(Ordering::Relaxed),
                 failures = failures(&progress),
                 req_per_s = round2(progress.requests_per_second()),
                 "progress"

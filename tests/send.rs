@@ -174,8 +174,13 @@ async fn a_bom_semicolon_excel_export_is_read_and_written_back_alike() {
         .unwrap()
         .contains(";status;"));
     assert!(run.rows[0]["Amount"].contains(','));
-    let first = &w.stats().recent[0];
+    let recent = w.stats().recent;
+    let first = recent
+        .iter()
+        .find(|r| r.body["invoiceGuid"] == "INV-EX-7700")
+        .unwrap();
     assert_eq!(first.body["sendAsText"], false); // "No"
+    assert_eq!(first.body["sendAsEmail"], true); // "Yes"
 }
 
 #[tokio::test]
