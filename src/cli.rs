@@ -78,19 +78,20 @@ pub struct SendArgs {
     /// Check every row and print the requests that would be sent; send nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Requests per second, retries included (0 = unlimited).
+    /// Requests per second, retries included; 0 = unlimited. Default 10.
     #[arg(long, env = "INVOICE_DISPATCH_RATE", value_name = "N")]
     pub rate: Option<u32>,
-    /// Requests that may go at once after an idle spell, on top of the rate.
+    /// Requests that may go at once after an idle spell, on top of the rate. Default 5.
     #[arg(long, env = "INVOICE_DISPATCH_BURST", value_name = "N")]
     pub burst: Option<u32>,
-    /// Requests in flight at most.
+    /// Requests in flight at most. Default 8.
     #[arg(long, env = "INVOICE_DISPATCH_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<usize>,
-    /// HTTP attempts per row at most, counting the first.
+    /// HTTP attempts per row at most, counting the first. Default 5.
     #[arg(long, env = "INVOICE_DISPATCH_MAX_ATTEMPTS", value_name = "N")]
     pub max_attempts: Option<u32>,
-    /// Seconds to wait for one answer. A timeout after sending counts as "unknown".
+    /// Seconds to wait for one answer (default 30). A timeout after sending counts as
+    /// "unknown": the request may have been acted on.
     #[arg(long, env = "INVOICE_DISPATCH_TIMEOUT", value_name = "SECS")]
     pub timeout: Option<f64>,
     /// SQLite ledger that makes reruns safe. Default: in the user's data folder.

@@ -24,6 +24,9 @@ use crate::cli::LedgerChoice;
 use crate::input::{Record, Request};
 
 const SCHEMA_VERSION: i64 = 1;
+/// How a row skipped because an earlier run may have delivered it starts its message; such
+/// rows still need a person, so they make the exit code 2.
+pub const UNKNOWN_SKIP: &str = "unknown: ";
 /// Runs whose per-row results are kept; older ones are pruned (their `sends` memory stays).
 const RUNS_KEPT: i64 = 20;
 /// Commands folded into one transaction at most.
@@ -540,7 +543,7 @@ fn admit(
                         (
                             Status::Skipped,
                             format!(
-                                "unknown: run {} sent it at {} and read no answer, so the customer may have been notified; check, then use --retry-unknown to send again",
+                                "{UNKNOWN_SKIP}run {} sent it at {} and read no answer, so the customer may have been notified; check, then use --retry-unknown to send again",
                                 p.run,
                                 rfc3339_from_ms(p.at_ms)
                             ),

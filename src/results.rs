@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::input::{InputOptions, InputReader};
-use crate::ledger::{Ledger, Outcome, Status};
+use crate::ledger::{Ledger, Outcome, Status, UNKNOWN_SKIP};
 
 pub const COLUMNS: [&str; 11] = [
     "status",
@@ -30,6 +30,8 @@ pub const COLUMNS: [&str; 11] = [
 #[derive(Debug, Default, Clone)]
 pub struct Counts {
     counts: [u64; 8],
+    /// Of the skipped rows, those an earlier run may have delivered.
+    pub skipped_unknown: u64,
 }
 
 impl Counts {
@@ -167,6 +169,9 @@ pub fn render(
             }
             writer.write_byte_record(&row)?;
             counts.add(o.status);
+            if o.status == Status::Skipped && o.message.starts_with(UNKNOWN_SKIP) {
+                counts.skipped_unknown += 1;
+            }
             Ok(())
         };
 

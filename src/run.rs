@@ -28,6 +28,8 @@ const ADMIT_BATCH: usize = 64;
 pub struct Summary {
     pub rows: u64,
     pub counts: std::collections::BTreeMap<&'static str, u64>,
+    /// Of the skipped rows, those an earlier run may have delivered (they need a person).
+    pub skipped_unknown: u64,
     pub requests: u64,
     pub elapsed_seconds: f64,
     pub requests_per_second: f64,
@@ -44,6 +46,7 @@ impl Summary {
         Summary {
             rows: counts.rows(),
             counts: counts.iter().map(|(s, n)| (s.as_str(), n)).collect(),
+            skipped_unknown: counts.skipped_unknown,
             requests: progress.requests.load(Ordering::Relaxed),
             elapsed_seconds: round2(started.elapsed().as_secs_f64()),
             requests_per_second: round2(progress.requests_per_second()),
@@ -110,7 +113,9 @@ pub fn exit_code(counts: &Counts, stop: Option<&StopReason>) -> i32 {
                 Status::Invalid,
                 Status::NotSent,
             ];
-            if attention.iter().any(|s| counts.get(*s) > 0) {
+            // SPEC says skipped rows exit 0; but a row skipped because an earlier run may
+            // have delivered it needs a person as much as an `unknown` row does.
+            if attention.iter().any(|s| counts.get(*s) > 0) || counts.skipped_unknown > 0 {
                 2
             } else {
                 0

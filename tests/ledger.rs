@@ -230,7 +230,10 @@ async fn sigkill_at_a_random_moment_then_rerun_never_sends_an_invoice_twice() {
         stats.total_requests as usize,
         before as usize + rerun.count("sent")
     );
-    assert!(rerun.code == 0, "{}", rerun.stderr);
+    // Rows an earlier run may have delivered need a person: exit 2, not 0.
+    let want = if unknown > 0 { 2 } else { 0 };
+    assert_eq!(rerun.code, want, "{}", rerun.stderr);
+    assert_eq!(rerun.summary["skipped_unknown"], unknown as u64);
 }
 
 #[tokio::test]
@@ -292,4 +295,17 @@ async fn no_ledger_warns_loudly_and_remembers_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(w.received(DEPT, "ok-1"), 2);
+}
+
+#[tokio::test]
+async fn a_row_skipped_because_it_may_have_been_delivered_still_exits_2() {
+    let w = World::start().await;
+    let input = w.input(&[&format!("{DEPT},err500-1,,"), &format!("{DEPT},ok-2,,")]);
+    let first = w.send(&input, &[]).await;
+    assert_eq!(first.statuses(), ["unknown", "sent"]);
+    let second = w.send(&input, &[]).await;
+    assert_eq!(second.statuses(), ["skipped", "skipped"]);
+    assert_eq!(second.code, 2, "{}", second.stderr);
+    assert_eq!(second.summary["skipped_unknown"], 1);
+    assert_eq!(w.received(DEPT, "err500-1"), 1);
 }
