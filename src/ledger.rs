@@ -141,7 +141,6 @@ pub struct Ledger {
     conn: Connection,
     run_id: i64,
     target: String,
-    path: PathBuf,
     /// Held for the whole run: the OS drops the lock if the process dies, however it dies.
     _lock: Option<File>,
     /// Keeps a throwaway ledger's folder alive until the run ends.
@@ -188,18 +187,9 @@ impl Ledger {
             conn,
             run_id,
             target: target.to_string(),
-            path,
             _lock: lock,
             _temp: temp,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn run_id(&self) -> i64 {
-        self.run_id
     }
 
     /// Hands the connection to a writer thread; the returned handle is how the rest of the
@@ -291,7 +281,6 @@ impl Ledger {
                         ])?;
                     }
                 }
-                Cmd::Flush { .. } => {}
             }
         }
         tx.commit()?;
@@ -611,9 +600,6 @@ enum Cmd {
         request: Request,
         outcome: Box<Outcome>,
     },
-    Flush {
-        reply: Option<oneshot::Sender<Result<(), String>>>,
-    },
 }
 
 type AdmitReply = (oneshot::Sender<Result<Vec<Record>, String>>, Vec<Record>);
@@ -627,7 +613,7 @@ impl Cmd {
                     let _ = tx.send(verdict(failed).map(|()| admitted));
                 }
             }
-            Cmd::MarkInFlight { reply, .. } | Cmd::Flush { reply } => {
+            Cmd::MarkInFlight { reply, .. } => {
                 if let Some(tx) = reply {
                     let _ = tx.send(verdict(failed));
                 }
@@ -686,17 +672,5 @@ impl LedgerHandle {
             })
             .await
             .map_err(|_| gone())
-    }
-
-    /// Waits until everything sent before it is committed.
-    pub async fn flush(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Cmd::Flush { reply: Some(tx) })
-            .await
-            .map_err(|_| gone())?;
-        rx.await
-            .map_err(|_| gone())?
-            .map_err(|e| anyhow::anyhow!("ledger write failed: {e}"))
     }
 }
