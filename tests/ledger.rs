@@ -309,3 +309,23 @@ async fn a_row_skipped_because_it_may_have_been_delivered_still_exits_2() {
     assert_eq!(second.summary["skipped_unknown"], 1);
     assert_eq!(w.received(DEPT, "err500-1"), 1);
 }
+
+#[tokio::test]
+async fn sigterm_is_handled_like_sigint() {
+    let w = World::start().await;
+    let input = w.input(&refs(&rows("ok-", 200)));
+    let child = w
+        .send_command(&input, &["--rate", "40", "--concurrency", "2"])
+        .spawn()
+        .unwrap();
+    wait_for("some requests", Duration::from_secs(20), || {
+        w.stats().total_requests >= 5
+    })
+    .await;
+    signal(&child, libc::SIGTERM);
+    let run = w.finish(child.wait_with_output().await.unwrap());
+    assert_eq!(run.code, 130, "{}", run.stderr);
+    assert_eq!(run.rows.len(), 200);
+    assert!(run.count("not_sent") > 0);
+    assert_eq!(run.count("sent") as u64, w.stats().total_requests);
+}

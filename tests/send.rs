@@ -476,3 +476,74 @@ async fn flags_beat_environment_beats_config_file() {
     );
     assert_eq!(w.stats().total_requests, 1);
 }
+
+#[tokio::test]
+async fn dry_run_lists_the_requests_and_sends_nothing() {
+    let w = World::start().await;
+    let input = w.input(&[
+        &format!("{DEPT},ok-1,no,yes"),
+        "../x,ok-2,,",
+        &format!("{DEPT},ok-1,,"),
+    ]);
+    let run = w.send(&input, &["--dry-run"]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", run.stdout);
+    assert!(lines[0].starts_with("line 2: POST "), "{}", lines[0]);
+    assert!(lines[0].contains(&format!("/v4/departments/{DEPT}/payment-requests")));
+    assert!(
+        lines[0].contains(r#""invoiceGuid":"ok-1""#) && lines[0].contains(r#""sendAsText":false"#)
+    );
+    assert!(run.rows.is_empty(), "a dry run writes no results file");
+    assert_eq!(w.stats().total_requests, 0);
+}
+
+#[tokio::test]
+async fn an_explicit_delimiter_beats_sniffing() {
+    let w = World::start().await;
+    // Sniffing would pick the comma (two of them); the file is really tab-separated.
+    let input = w.write(
+        "in.tsv",
+        format!("department_uuid\tinvoice_guid\tnote\n{DEPT}\tok-1\ta, b, c\n"),
+    );
+    let run = w.send(&input, &["--delimiter", "tab"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(w.received(DEPT, "ok-1"), 1);
+}
+
+#[tokio::test]
+async fn the_summary_json_has_every_count_and_the_last_stderr_line_is_the_summary() {
+    let w = World::start().await;
+    let input = w.input(&[
+        &format!("{DEPT},ok-1,,"),
+        &format!("{DEPT},bad-2,,"),
+        &format!("{DEPT},ok-1,,"),
+    ]);
+    let run = w.send(&input, &[]).await;
+    assert_eq!(run.code, 2);
+    let counts = &run.summary["counts"];
+    for status in [
+        "sent",
+        "partial",
+        "failed",
+        "unknown",
+        "invalid",
+        "duplicate",
+        "skipped",
+        "not_sent",
+    ] {
+        assert!(counts[status].is_u64(), "{status} missing: {}", run.summary);
+    }
+    assert_eq!(run.summary["rows"], 3);
+    assert_eq!(counts["sent"], 1);
+    assert_eq!(counts["failed"], 1);
+    assert_eq!(counts["duplicate"], 1);
+    assert_eq!(run.summary["requests"], 2);
+    assert_eq!(run.summary["exit_code"], 2);
+    let last = run.stderr.trim_end().lines().last().unwrap();
+    assert!(
+        last.contains("3 rows: 1 sent, 1 failed, 1 duplicate"),
+        "{last}"
+    );
+    assert!(last.ends_with("exit 2"), "{last}");
+}

@@ -180,11 +180,12 @@ pub fn parse_results(text: &str) -> Vec<HashMap<String, String>> {
         return Vec::new();
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let delimiter = if text.lines().next().unwrap_or("").contains(';') {
-        b';'
-    } else {
-        b','
-    };
+    // Results keep the input's delimiter; the header has it more often than the others.
+    let header = text.lines().next().unwrap_or("");
+    let delimiter = [b',', b';', b'\t']
+        .into_iter()
+        .max_by_key(|d| header.bytes().filter(|b| b == d).count())
+        .unwrap();
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .from_reader(text.as_bytes());
