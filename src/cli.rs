@@ -220,8 +220,15 @@ impl FileConfig {
     pub fn load(path: &Path) -> Result<FileConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let file: FileConfig = toml::from_str(&text)
-            .with_context(|| format!("config file {} is not valid", path.display()))?;
+        // toml's own error text quotes the offending source line, which could be a
+        // password written into the wrong key: report the line number and message only.
+        let file: FileConfig = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let at = line.map(|l| format!(", line {l}")).unwrap_or_default();
+            anyhow::anyhow!("config file {}{at}: {}", path.display(), e.message().trim())
+        })?;
         if file.password.is_some() {
             bail!(
                 "config file {}: `password` is not accepted in the config file; \
@@ -576,6 +583,18 @@ mod tests {
         let err = format!("{:#}", FileConfig::load(&path).unwrap_err());
         assert!(err.contains("password_file"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_config_line_is_not_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        for text in ["rate = 5\npasword = \"hunter2\"\n", "password = hunter2\n"] {
+            std::fs::write(&path, text).unwrap();
+            let err = format!("{:#}", FileConfig::load(&path).unwrap_err());
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains("c.toml"), "{err}");
+        }
     }
 
     #[test]

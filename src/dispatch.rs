@@ -52,6 +52,36 @@ impl StopReason {
     }
 }
 
+/// How a run is told to stop; shared by the senders and the signal handler. It holds no
+/// ledger handle, so the signal handler can outlive the dispatcher (the ledger thread ends
+/// only when the last handle is dropped) and keep catching signals until the run ends.
+#[derive(Default)]
+pub struct Stopper {
+    token: CancellationToken,
+    /// Also set when the reason recorded is an earlier breaker: an interrupt always bounds
+    /// the wait for requests in flight by the grace period.
+    interrupted: CancellationToken,
+    reason: OnceLock<StopReason>,
+}
+
+impl Stopper {
+    /// Stops starting requests. The first reason given is the one reported.
+    pub fn stop(&self, reason: StopReason) {
+        if reason == StopReason::Interrupted {
+            self.interrupted.cancel();
+        }
+        // An interrupt was already announced by the signal handler.
+        if self.reason.set(reason.clone()).is_ok() && reason != StopReason::Interrupted {
+            tracing::warn!("stopping: {}", reason.describe());
+        }
+        self.token.cancel();
+    }
+
+    pub fn reason(&self) -> Option<&StopReason> {
+        self.reason.get()
+    }
+}
+
 /// The knobs dispatch needs, copied out of the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -149,11 +179,16 @@ fn classify(attempt: &Attempt, flags: &Flags) -> Verdict {
         Some(problem) => format!("{text}; {problem}"),
         None => text,
     };
+    // An answer that shows the request was acted on (a 2xx with a link or a channel
+    // SUCCESS) is judged on its own; the breakers are for requests that were refused.
+    if (200..300).contains(&status) && acted_on(answer, flags) {
+        return judge_success(answer, flags);
+    }
     if status == 401 || answer.has_error_code(&CREDENTIAL_CODES) {
         let why = with_problem(format!("{http}: credentials refused"));
         return Verdict::Done(Status::Failed, why.clone(), Effect::StopRun(why));
     }
-    if status == 403 || answer.has_error_code(&DEPARTMENT_CODES) && answer.payment_link.is_none() {
+    if status == 403 || answer.has_error_code(&DEPARTMENT_CODES) {
         let why = with_problem(format!("{http}: department refused for these credentials"));
         return Verdict::Done(Status::Failed, why.clone(), Effect::BlockDepartment(why));
     }
@@ -163,11 +198,22 @@ fn classify(attempt: &Attempt, flags: &Flags) -> Verdict {
             after: answer.retry_after,
             slow_pool: status == 429,
         },
-        500 | 502 | 504 => Verdict::Ambiguous(with_problem(http)),
-        200..=299 => judge_success(answer, flags),
-        300..=399 => Verdict::Done(
+        // 501 and 505 say the server could not handle the request at all; any other 5xx
+        // (500, 502, 504, and gateways' 520-524) may come after the server acted.
+        501 | 505 => Verdict::Done(
             Status::Failed,
-            format!("{http}: unexpected redirect, not followed (a followed redirect would resend)"),
+            with_problem(format!("{http}: rejected")),
+            Effect::None,
+        ),
+        500..=599 => Verdict::Ambiguous(with_problem(http)),
+        200..=299 => judge_success(answer, flags),
+        // Not followed (a followed redirect would resend the POST), and a 303 is what a
+        // server answers after processing one: the row may have been sent.
+        300..=399 => Verdict::Done(
+            Status::Unknown,
+            format!(
+                "{http}: unexpected redirect, not followed; the request may have been processed"
+            ),
             Effect::None,
         ),
         _ => Verdict::Done(
@@ -176,6 +222,17 @@ fn classify(attempt: &Attempt, flags: &Flags) -> Verdict {
             Effect::None,
         ),
     }
+}
+
+/// Whether a 2xx answer shows the request was acted on.
+fn acted_on(answer: &Answer, flags: &Flags) -> bool {
+    let success = |r: &Option<String>| {
+        r.as_deref()
+            .is_some_and(|r| r.eq_ignore_ascii_case("SUCCESS"))
+    };
+    answer.payment_link.is_some()
+        || (flags.send_as_text && success(&answer.text_sent))
+        || (flags.send_as_email && success(&answer.email_sent))
 }
 
 fn judge_success(answer: &Answer, flags: &Flags) -> Verdict {
@@ -204,11 +261,12 @@ fn judge_success(answer: &Answer, flags: &Flags) -> Verdict {
     if !answer.errors.is_empty() {
         problems.push(format!("{} API error(s)", answer.errors.len()));
     }
-    let status = match (answer.payment_link.is_some(), problems.is_empty()) {
+    // `failed` would be resent by a rerun, so it is kept for answers that show nothing
+    // was done: no link, no channel SUCCESS, and an API error saying why.
+    let status = match (acted_on(answer, flags), problems.is_empty()) {
         (_, true) => Status::Sent,
-        (true, false) => Status::Partial,
         (false, false) if !answer.errors.is_empty() => Status::Failed,
-        (false, false) => Status::Partial,
+        _ => Status::Partial,
     };
     let mut message = problems.join("; ");
     if answer.payment_link.is_none() {
@@ -229,9 +287,7 @@ pub struct Dispatcher {
     limiter: Option<DefaultDirectRateLimiter>,
     /// A 429 pauses every sender, not just the row that got it.
     pause_until: Mutex<Option<Instant>>,
-    /// Cancelled when the run must stop starting requests; the reason says why.
-    stop: CancellationToken,
-    reason: OnceLock<StopReason>,
+    stopper: Arc<Stopper>,
     /// What is known of each department's authorisation; see [`Department`].
     departments: Mutex<HashMap<String, Department>>,
     progress: Arc<Progress>,
@@ -246,6 +302,7 @@ impl Dispatcher {
         ledger: LedgerHandle,
         settings: Settings,
         progress: Arc<Progress>,
+        stopper: Arc<Stopper>,
     ) -> Arc<Dispatcher> {
         let limiter = std::num::NonZeroU32::new(settings.rate).map(|rate| {
             let burst = std::num::NonZeroU32::new(settings.burst).unwrap_or(rate);
@@ -257,8 +314,7 @@ impl Dispatcher {
             settings,
             limiter,
             pause_until: Mutex::new(None),
-            stop: CancellationToken::new(),
-            reason: OnceLock::new(),
+            stopper,
             departments: Mutex::new(HashMap::new()),
             progress,
             finished: AtomicU64::new(0),
@@ -266,17 +322,12 @@ impl Dispatcher {
         })
     }
 
-    /// Stops starting requests. The first reason given is the one reported.
-    pub fn stop(&self, reason: StopReason) {
-        // An interrupt was already announced by the signal handler.
-        if self.reason.set(reason.clone()).is_ok() && reason != StopReason::Interrupted {
-            tracing::warn!("stopping: {}", reason.describe());
-        }
-        self.stop.cancel();
+    fn stop(&self, reason: StopReason) {
+        self.stopper.stop(reason);
     }
 
-    pub fn stop_reason(&self) -> Option<&StopReason> {
-        self.reason.get()
+    fn stop_reason(&self) -> Option<&StopReason> {
+        self.stopper.reason()
     }
 
     /// Sends every admitted row, at most `concurrency` at once, until the queue ends or the
@@ -290,39 +341,40 @@ impl Dispatcher {
             // unstarted rows in the queue (and so `not_sent`) rather than in tasks.
             let permit = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => break,
+                _ = self.stopper.token.cancelled() => break,
                 p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
             };
             let row = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => break,
+                _ = self.stopper.token.cancelled() => break,
                 r = rows.recv() => match r { Some(r) => r, None => break },
             };
             while tasks.try_join_next().is_some() {}
             tasks.spawn(self.clone().send_row(row, permit));
         }
         drop(rows);
-        if self.stop_reason() == Some(&StopReason::Interrupted) {
-            let grace = self.settings.shutdown_grace;
-            let drained =
-                tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-                    .await;
-            if drained.is_err() {
-                tracing::warn!(
-                    "{} request(s) still in flight after the {:?} grace period; they are reported unknown",
-                    tasks.len(),
-                    grace
-                );
-                tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
-            }
-        } else {
+        let grace = self.settings.shutdown_grace;
+        let drained = tokio::select! {
+            _ = async { while tasks.join_next().await.is_some() {} } => true,
+            _ = async {
+                self.stopper.interrupted.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => false,
+        };
+        if !drained {
+            tracing::warn!(
+                "{} request(s) still in flight after the {:?} grace period; they are reported unknown",
+                tasks.len(),
+                grace
+            );
+            tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
     }
 
     async fn send_row(self: Arc<Self>, row: Admitted, _permit: OwnedSemaphorePermit) {
-        let outcome = self.attempts(&row).await;
+        let mut marked = false;
+        let outcome = self.attempts(&row, &mut marked).await;
         self.progress.count(outcome.status);
         if outcome.attempts > 0 {
             let finished = self.finished.fetch_add(1, Ordering::Relaxed) + 1;
@@ -337,7 +389,11 @@ impl Dispatcher {
                 self.stop(StopReason::FailureRatio { failures, finished });
             }
         }
-        if let Err(e) = self.ledger.record(row.seq, &row.request, outcome).await {
+        if let Err(e) = self
+            .ledger
+            .record(row.seq, &row.request, outcome, marked)
+            .await
+        {
             self.stop(StopReason::Ledger(format!("{e:#}")));
         }
     }
@@ -377,7 +433,7 @@ impl Dispatcher {
                 }
             };
             tokio::select! {
-                _ = self.stop.cancelled() => return Ok(None),
+                _ = self.stopper.token.cancelled() => return Ok(None),
                 _ = notified => {}
             }
         }
@@ -402,13 +458,13 @@ impl Dispatcher {
             let pause = *self.pause_until.lock().unwrap();
             if let Some(until) = pause.filter(|u| *u > Instant::now()) {
                 tokio::select! {
-                    _ = self.stop.cancelled() => return false,
+                    _ = self.stopper.token.cancelled() => return false,
                     _ = tokio::time::sleep_until(until.into()) => {}
                 }
             }
             if let Some(limiter) = &self.limiter {
                 tokio::select! {
-                    _ = self.stop.cancelled() => return false,
+                    _ = self.stopper.token.cancelled() => return false,
                     _ = limiter.until_ready() => {}
                 }
             }
@@ -418,28 +474,38 @@ impl Dispatcher {
                 .unwrap()
                 .is_some_and(|u| u > Instant::now());
             if !paused {
-                return !self.stop.is_cancelled();
+                return !self.stopper.token.is_cancelled();
             }
         }
     }
 
-    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    /// The wait before retry number `attempt`: `Retry-After` when given (capped), else the
+    /// exponential backoff cap for that attempt. The pool pauses this long after a 429; the
+    /// row itself waits a random part of it when there was no `Retry-After`.
+    fn backoff_cap(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         if let Some(after) = retry_after {
             return after.min(self.settings.retry_after_max);
         }
-        let exp = self
-            .settings
+        self.settings
             .backoff_base
             .saturating_mul(
                 1u32.checked_shl(attempt.saturating_sub(1))
                     .unwrap_or(u32::MAX),
             )
-            .min(self.settings.backoff_max);
-        // Full jitter: spreads retries so that rows refused together do not return together.
-        exp.mul_f64(rand::rng().random::<f64>())
+            .min(self.settings.backoff_max)
     }
 
-    async fn attempts(&self, row: &Admitted) -> Outcome {
+    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let cap = self.backoff_cap(attempt, retry_after);
+        if retry_after.is_some() {
+            return cap;
+        }
+        // Full jitter: spreads retries so that rows refused together do not return together.
+        cap.mul_f64(rand::rng().random::<f64>())
+    }
+
+    /// Makes the row's attempts; `marked` tells whether it was marked in flight.
+    async fn attempts(&self, row: &Admitted, marked: &mut bool) -> Outcome {
         let req = &row.request;
         let mut attempts = 0u32;
         let mut last_http: Option<u16> = None;
@@ -473,6 +539,12 @@ impl Dispatcher {
                     let message = "not sent: the ledger could not record the send".to_string();
                     return outcome(Status::NotSent, message, 0, None, None);
                 }
+                *marked = true;
+                // The run may have stopped while the mark was being committed.
+                if let Some(reason) = self.stop_reason() {
+                    let message = format!("not sent: run stopped, {}", reason.describe());
+                    return outcome(Status::NotSent, message, 0, None, None);
+                }
             }
             attempts += 1;
             let _ = self.progress.first_request.set(Instant::now());
@@ -480,12 +552,21 @@ impl Dispatcher {
             let attempt = self.client.send(req).await;
             *self.progress.last_answer.lock().unwrap() = Some(Instant::now());
             let verdict = classify(&attempt, &req.flags);
-            if let Some(probe) = probe.take() {
-                // Any answer but a department refusal opens the department to the rest.
-                if !matches!(verdict, Verdict::Done(_, _, Effect::BlockDepartment(_))) {
-                    probe.open();
+            // A refusal settles the department for its waiting rows; a retry-safe answer
+            // (429, 503, no connection) says nothing about authorisation, so they go on
+            // waiting; anything else opens the department to them.
+            probe = match (probe, &verdict) {
+                (Some(p), Verdict::Done(_, _, Effect::BlockDepartment(why))) => {
+                    p.refuse(why.clone());
+                    None
                 }
-            }
+                (Some(p), Verdict::RetrySafe { .. }) => Some(p),
+                (Some(p), _) => {
+                    p.open();
+                    None
+                }
+                (None, _) => None,
+            };
             if let Attempt::Answered(answer) = attempt {
                 last_http = Some(answer.status);
                 last_answer = Some(answer);
@@ -535,7 +616,7 @@ impl Dispatcher {
                     }
                     let delay = self.backoff(attempts, after);
                     if slow_pool {
-                        let until = Instant::now() + delay;
+                        let until = Instant::now() + self.backoff_cap(attempts, after);
                         let mut pause = self.pause_until.lock().unwrap();
                         *pause = Some(pause.map_or(until, |p| p.max(until)));
                     }
@@ -580,7 +661,7 @@ impl Dispatcher {
     /// Sleeps unless the run stopped first; the caller's next `wait_turn` notices the stop.
     async fn sleep(&self, delay: Duration) {
         tokio::select! {
-            _ = self.stop.cancelled() => {}
+            _ = self.stopper.token.cancelled() => {}
             _ = tokio::time::sleep(delay) => {}
         }
     }
@@ -606,6 +687,13 @@ impl Probe<'_> {
     fn open(self) {
         self.dispatcher
             .settle_department(&self.dept, Some(Department::Open));
+    }
+
+    /// Marks the department refused and wakes its rows in one step, so that none of them
+    /// can become the next probe in between.
+    fn refuse(self, why: String) {
+        self.dispatcher
+            .settle_department(&self.dept, Some(Department::Refused(why)));
     }
 }
 
@@ -702,7 +790,17 @@ mod tests {
             classify(&Attempt::Lost("timeout".into()), &flags),
             Verdict::Ambiguous(_)
         ));
-        for code in [400, 404, 409, 422, 501, 302] {
+        for code in [520, 524, 599] {
+            assert!(matches!(
+                classify(&answered(code, |_| {}), &flags),
+                Verdict::Ambiguous(_)
+            ));
+        }
+        assert_eq!(
+            status_of(classify(&answered(303, |_| {}), &flags)),
+            Status::Unknown
+        );
+        for code in [400, 404, 409, 422, 501, 505] {
             assert_eq!(
                 status_of(classify(&answered(code, |_| {}), &flags)),
                 Status::Failed
@@ -767,6 +865,23 @@ mod tests {
             status_of(classify(&answered(200, with_error), &flags)),
             Status::Partial
         );
+        // A channel SUCCESS means the customer was notified: never `failed` (resent).
+        let text_only = |a: &mut Answer| {
+            a.text_sent = Some("SUCCESS".into());
+            a.errors.push(err(100006));
+        };
+        assert_eq!(
+            status_of(classify(&answered(200, text_only), &flags)),
+            Status::Partial
+        );
+        let acted_with_bad_code = |a: &mut Answer| {
+            ok(a);
+            a.errors.push(err(100003));
+        };
+        assert!(matches!(
+            classify(&answered(200, acted_with_bad_code), &flags),
+            Verdict::Done(Status::Partial, _, Effect::None)
+        ));
         let no_link = |a: &mut Answer| a.errors.push(err(100006));
         assert_eq!(
             status_of(classify(&answered(200, no_link), &flags)),

@@ -257,12 +257,13 @@ impl Ledger {
                     seq,
                     request,
                     outcome,
+                    marked,
                 } => {
                     write_outcome(&tx, self.run_id, *seq, outcome)?;
-                    // Only a row that made a request was marked; only its outcome changes
-                    // what a rerun does. `sent_ms` remembers the last real send even when a
-                    // later --resend fails, so the dedupe window still holds.
-                    if outcome.attempts > 0 {
+                    // Only a marked row's outcome changes what a rerun does. `sent_ms`
+                    // remembers the last real send even when a later --resend fails, so the
+                    // dedupe window still holds.
+                    if *marked {
                         let sent = matches!(outcome.status, Status::Sent | Status::Partial);
                         tx.prepare_cached(
                             "UPDATE sends SET status = ?4, run_id = ?5, at_ms = ?6,
@@ -411,6 +412,18 @@ fn open_connection(path: &Path, durable: bool) -> Result<Connection> {
 
 /// Takes the exclusive run lock beside the ledger, naming the holder when it is taken.
 fn take_lock(ledger: &Path) -> Result<File> {
+    // The lock sits beside the real file, so two paths to one ledger (a symlinked folder,
+    // a relative and an absolute path) meet at the same lock.
+    let ledger = &match (ledger.parent(), ledger.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+        .map(|d| d.join(name))
+        .unwrap_or_else(|_| ledger.to_path_buf()),
+        _ => ledger.to_path_buf(),
+    };
     let mut name = ledger.as_os_str().to_owned();
     name.push(".lock");
     let lock_path = PathBuf::from(name);
@@ -599,6 +612,9 @@ enum Cmd {
         seq: u64,
         request: Request,
         outcome: Box<Outcome>,
+        /// Whether the row was marked in flight: only then does its outcome replace the
+        /// mark in `sends`.
+        marked: bool,
     },
 }
 
@@ -663,12 +679,19 @@ impl LedgerHandle {
             .map_err(|e| anyhow::anyhow!("ledger write failed: {e}"))
     }
 
-    pub async fn record(&self, seq: u64, request: &Request, outcome: Outcome) -> Result<()> {
+    pub async fn record(
+        &self,
+        seq: u64,
+        request: &Request,
+        outcome: Outcome,
+        marked: bool,
+    ) -> Result<()> {
         self.tx
             .send(Cmd::Record {
                 seq,
                 request: request.clone(),
                 outcome: Box::new(outcome),
+                marked,
             })
             .await
             .map_err(|_| gone())

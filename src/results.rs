@@ -66,6 +66,9 @@ impl Unfinished<'_> {
     /// Final form of a row the run left pending or in flight.
     fn settle(&self, mut o: Outcome) -> Outcome {
         let why = self.stop.unwrap_or("the run ended early");
+        if matches!(o.status, Status::Pending | Status::InFlight) {
+            o.completed_at = crate::ledger::now_rfc3339();
+        }
         match o.status {
             Status::Pending => {
                 o.status = Status::NotSent;

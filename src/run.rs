@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::cli::{Config, LedgerChoice};
 use crate::client::{Body, Client};
-use crate::dispatch::{Admitted, Dispatcher, Progress, Settings, StopReason};
+use crate::dispatch::{Admitted, Dispatcher, Progress, Settings, StopReason, Stopper};
 use crate::input::{InputOptions, InputReader};
 use crate::ledger::{Ledger, LedgerHandle, Policy, Status};
 use crate::results::{self, Counts, Unfinished};
@@ -392,7 +392,10 @@ pub async fn send(mut config: Config) -> Result<Summary> {
         progress.clone(),
     );
 
-    let mut stop = None;
+    // Signals are watched until the run ends, rendering included: a second Ctrl-C while
+    // the results are written still exits at once.
+    let stopper = Arc::new(Stopper::default());
+    let signals = tokio::spawn(watch_signals(stopper.clone()));
     if config.dry_run {
         let client = Client::new(
             &config.base_url,
@@ -419,28 +422,29 @@ pub async fn send(mut config: Config) -> Result<Summary> {
             config.connect_timeout,
             config.concurrency,
         )?;
-        let dispatcher =
-            Dispatcher::new(client, ledger.clone(), settings(&config), progress.clone());
-        let signals = tokio::spawn(watch_signals(dispatcher.clone()));
+        let dispatcher = Dispatcher::new(
+            client,
+            ledger.clone(),
+            settings(&config),
+            progress.clone(),
+            stopper.clone(),
+        );
         let display = tokio::spawn(show_progress(
             progress.clone(),
             preview.as_ref().map(|p| p.rows),
             show_bar,
             config.quiet,
         ));
-        dispatcher.clone().run(queue).await;
-        // Both hold what the ledger thread waits on to end (a dispatcher holds a ledger handle).
-        signals.abort();
+        dispatcher.run(queue).await;
         display.abort();
-        let _ = signals.await;
         let _ = display.await;
-        stop = dispatcher.stop_reason().cloned();
     }
     let read = join(reader, "reader");
     drop(ledger);
     let ledger = join(ledger_thread, "ledger")?;
     read?;
 
+    let stop = stopper.reason().cloned();
     let stop_text = stop.as_ref().map(StopReason::describe);
     let counts = if config.dry_run {
         let mut counts = Counts::default();
@@ -489,6 +493,7 @@ pub async fn send(mut config: Config) -> Result<Summary> {
     if let Some(sim) = simulator {
         sim.shutdown().await;
     }
+    signals.abort();
     Ok(summary)
 }
 
@@ -510,7 +515,7 @@ fn settings(c: &Config) -> Settings {
 
 /// First SIGINT/SIGTERM: stop starting requests and finish cleanly. Second: exit at once;
 /// the in-flight marks already in the ledger keep the rerun safe.
-async fn watch_signals(dispatcher: Arc<Dispatcher>) {
+async fn watch_signals(stopper: Arc<Stopper>) {
     use tokio::signal::unix::{signal, Signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -525,7 +530,7 @@ async fn watch_signals(dispatcher: Arc<Dispatcher>) {
     eprintln!(
         "\ninterrupted: finishing the requests in flight (press Ctrl-C again to quit at once)"
     );
-    dispatcher.stop(StopReason::Interrupted);
+    stopper.stop(StopReason::Interrupted);
     next(&mut int, &mut term).await;
     eprintln!("interrupted twice: exiting now; rerun the same command to resume safely");
     std::process::exit(130);

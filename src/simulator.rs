@@ -385,8 +385,12 @@ fn decide(sim: &Shared, arrival: &Arrival, req: &Incoming<'_>) -> Response {
         }
         "empty" => return Body::empty().into_response(),
         "huge" => env.payment_link = Some(format!("{LINK_HOST}/p/{}", "x".repeat(2 << 20))),
+        // A 200 that did nothing: no link, no channel, one error (the rejected-2xx shape).
         "nolink" => {
             env.payment_link = None;
+            env.invoice_link = None;
+            env.text_sent = None;
+            env.email_sent = None;
             env.errors.push(INVALID_REQUEST_DATA);
         }
         _ => {
