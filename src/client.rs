@@ -66,27 +66,34 @@ impl ApiMessage {
     }
 }
 
+/// An `errors` or `warnings` entry as sent: the two differ only in their key prefix.
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct RawError {
-    error_code: Option<serde_json::Value>,
-    error_title: Option<String>,
-    error_message: Option<String>,
+struct RawMessage {
+    #[serde(alias = "errorCode", alias = "warningCode")]
+    code: Option<serde_json::Value>,
+    #[serde(alias = "errorTitle", alias = "warningTitle")]
+    title: Option<String>,
+    #[serde(alias = "errorMessage", alias = "warningMessage")]
+    message: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct RawWarning {
-    warning_code: Option<serde_json::Value>,
-    warning_title: Option<String>,
-    warning_message: Option<String>,
+impl RawMessage {
+    fn parse(list: Option<Vec<RawMessage>>) -> Vec<ApiMessage> {
+        let list = list.unwrap_or_default().into_iter();
+        list.map(|m| ApiMessage {
+            code: code(m.code),
+            title: m.title.unwrap_or_default(),
+            message: m.message.unwrap_or_default(),
+        })
+        .collect()
+    }
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct RawBody {
-    errors: Option<Vec<RawError>>,
-    warnings: Option<Vec<RawWarning>>,
+    errors: Option<Vec<RawMessage>>,
+    warnings: Option<Vec<RawMessage>>,
     payment_link: Option<String>,
     invoice_link: Option<String>,
     text_sent: Option<String>,
@@ -149,26 +156,8 @@ impl Answer {
                 return answer;
             }
         };
-        answer.errors = raw
-            .errors
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| ApiMessage {
-                code: code(e.error_code),
-                title: e.error_title.unwrap_or_default(),
-                message: e.error_message.unwrap_or_default(),
-            })
-            .collect();
-        answer.warnings = raw
-            .warnings
-            .unwrap_or_default()
-            .into_iter()
-            .map(|w| ApiMessage {
-                code: code(w.warning_code),
-                title: w.warning_title.unwrap_or_default(),
-                message: w.warning_message.unwrap_or_default(),
-            })
-            .collect();
+        answer.errors = RawMessage::parse(raw.errors);
+        answer.warnings = RawMessage::parse(raw.warnings);
         let non_empty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
         answer.payment_link = non_empty(raw.payment_link);
         answer.invoice_link = non_empty(raw.invoice_link);
@@ -382,6 +371,18 @@ mod tests {
         assert_eq!(a.errors[0].render(), "100006");
         assert_eq!(a.payment_link, None);
         assert!(a.has_error_code(&[100006]));
+    }
+
+    #[test]
+    fn errors_and_warnings_are_read_with_their_own_key_prefixes() {
+        let a = Answer::parse(
+            200,
+            None,
+            Ok(br#"{"errors":[{"errorCode":100006,"errorTitle":"INVALID_REQUEST_DATA","errorMessage":"bad"}],
+                    "warnings":[{"warningCode":150000,"warningTitle":"NO_PREFERRED_DEALER_ID","warningMessage":"w"}]}"#.to_vec()),
+        );
+        assert_eq!(a.errors[0].render(), "100006 INVALID_REQUEST_DATA: bad");
+        assert_eq!(a.warnings[0].render(), "150000 NO_PREFERRED_DEALER_ID: w");
     }
 
     #[test]

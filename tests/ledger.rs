@@ -121,8 +121,9 @@ async fn a_rehearsal_never_makes_a_real_send_look_done() {
     assert_eq!(other.stats().total_requests, 1);
 }
 
-#[tokio::test]
-async fn sigint_finishes_in_flight_writes_results_and_the_rerun_sends_only_the_rest() {
+/// Sends 200 rows at 40/s, delivers `sig` after the first 10 requests, and checks the
+/// interrupted run (exit 130, every row accounted for) and the rerun (only the rest sent).
+async fn interrupted_mid_run_then_rerun(sig: i32) {
     let w = World::start().await;
     let input = w.input(&refs(&rows("ok-", 200)));
     let child = w
@@ -133,7 +134,7 @@ async fn sigint_finishes_in_flight_writes_results_and_the_rerun_sends_only_the_r
         w.stats().total_requests >= 10
     })
     .await;
-    signal(&child, libc::SIGINT);
+    signal(&child, sig);
     let out = child.wait_with_output().await.unwrap();
     let run = w.finish(out);
     assert_eq!(run.code, 130, "{}", run.stderr);
@@ -149,6 +150,16 @@ async fn sigint_finishes_in_flight_writes_results_and_the_rerun_sends_only_the_r
     assert_eq!(rerun.count("sent"), 200 - sent);
     assert_eq!(w.stats().total_requests, 200);
     no_invoice_twice(&w);
+}
+
+#[tokio::test]
+async fn sigint_finishes_in_flight_writes_results_and_the_rerun_sends_only_the_rest() {
+    interrupted_mid_run_then_rerun(libc::SIGINT).await;
+}
+
+#[tokio::test]
+async fn sigterm_is_handled_like_sigint() {
+    interrupted_mid_run_then_rerun(libc::SIGTERM).await;
 }
 
 #[tokio::test]
@@ -308,24 +319,4 @@ async fn a_row_skipped_because_it_may_have_been_delivered_still_exits_2() {
     assert_eq!(second.code, 2, "{}", second.stderr);
     assert_eq!(second.summary["skipped_unknown"], 1);
     assert_eq!(w.received(DEPT, "err500-1"), 1);
-}
-
-#[tokio::test]
-async fn sigterm_is_handled_like_sigint() {
-    let w = World::start().await;
-    let input = w.input(&refs(&rows("ok-", 200)));
-    let child = w
-        .send_command(&input, &["--rate", "40", "--concurrency", "2"])
-        .spawn()
-        .unwrap();
-    wait_for("some requests", Duration::from_secs(20), || {
-        w.stats().total_requests >= 5
-    })
-    .await;
-    signal(&child, libc::SIGTERM);
-    let run = w.finish(child.wait_with_output().await.unwrap());
-    assert_eq!(run.code, 130, "{}", run.stderr);
-    assert_eq!(run.rows.len(), 200);
-    assert!(run.count("not_sent") > 0);
-    assert_eq!(run.count("sent") as u64, w.stats().total_requests);
 }
