@@ -598,6 +598,34 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_loads_with_every_key_uncommented() {
+        let example = include_str!("../config.example.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, example).unwrap();
+        FileConfig::load(&path).unwrap();
+        // Commented-out keys are documented too: they must be real keys.
+        let all: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split(" = ").next().is_some_and(|k| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) && rest.contains(" = ") =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(all.contains("\nusername = "), "{all}");
+        std::fs::write(&path, all).unwrap();
+        let file = FileConfig::load(&path).unwrap();
+        assert_eq!(file.columns.len(), 7);
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
