@@ -288,14 +288,19 @@ impl Ledger {
         Ok(())
     }
 
-    /// Every result row of this run in input order: `(seq, outcome)`.
-    pub fn for_each_result(&self, mut f: impl FnMut(u64, Outcome) -> Result<()>) -> Result<()> {
+    /// Every result row of this run in input order: `(seq, (department, invoice) if the row
+    /// was valid, outcome)`.
+    pub fn for_each_result(
+        &self,
+        mut f: impl FnMut(u64, Option<(String, String)>, Outcome) -> Result<()>,
+    ) -> Result<()> {
         let mut stmt = self.conn.prepare(
             "SELECT r.seq,
                     CASE WHEN r.status = 'pending' AND s.status = 'in_flight' AND s.run_id = r.run_id
                          THEN 'in_flight' ELSE r.status END,
                     r.http_status, r.attempts, r.payment_link, r.invoice_link, r.text_sent,
-                    r.email_sent, r.errors, r.warnings, r.message, r.completed_at
+                    r.email_sent, r.errors, r.warnings, r.message, r.completed_at,
+                    r.dept, r.invoice
              FROM results r
              LEFT JOIN sends s ON s.target = ?2 AND s.dept = r.dept AND s.invoice = r.invoice
              WHERE r.id BETWEEN ?1 AND ?3 ORDER BY r.id",
@@ -321,7 +326,11 @@ impl Ledger {
                 message: row.get(10)?,
                 completed_at: row.get(11)?,
             };
-            f(row.get::<_, i64>(0)? as u64, outcome)?;
+            let key = match (row.get(12)?, row.get(13)?) {
+                (Some(dept), Some(invoice)) => Some((dept, invoice)),
+                _ => None,
+            };
+            f(row.get::<_, i64>(0)? as u64, key, outcome)?;
         }
         Ok(())
     }

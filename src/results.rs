@@ -181,12 +181,28 @@ pub fn render(
         // Merge: the ledger's rows by seq against the input's records by seq. A record
         // the ledger never saw (the run stopped before reading it) is `not_sent`.
         let mut next_input = |raw: &mut csv::ByteRecord| reader.next_record(raw);
-        ledger.for_each_result(|seq, outcome| {
+        let changed = || {
+            anyhow::anyhow!(
+                "{} changed during the run: its rows no longer match what was sent; the outcomes are in the ledger, rerun the same command on the original file to write the results",
+                input.display()
+            )
+        };
+        ledger.for_each_result(|seq, key, outcome| {
             loop {
-                let record = next_input(&mut raw)?.with_context(|| {
-                    format!("{} has fewer rows than the ledger recorded for this run; was it changed during the run?", input.display())
-                })?;
+                let record = next_input(&mut raw)?.ok_or_else(changed)?;
                 if record.seq == seq {
+                    // Outcomes are matched to rows by position; a file saved over during the
+                    // run would pin them on the wrong customers.
+                    let same = match (&record.parsed, &key) {
+                        (Ok(req), Some((dept, invoice))) => {
+                            req.department.as_str() == dept && req.invoice.as_str() == invoice
+                        }
+                        (Err(_), None) => true,
+                        _ => false,
+                    };
+                    if !same {
+                        return Err(changed());
+                    }
                     return write(&raw, &unfinished.settle(outcome));
                 }
                 let missing = unfinished.settle(Outcome::plain(Status::Pending, ""));

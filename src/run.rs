@@ -287,7 +287,7 @@ pub async fn validate(input: &Path, options: &InputOptions) -> Result<i32> {
     let ledger = join(p.ledger_thread, "ledger")?;
     let mut counts = Counts::default();
     let mut stdout = std::io::stdout().lock();
-    ledger.for_each_result(|_, outcome| {
+    ledger.for_each_result(|_, _, outcome| {
         let status = if outcome.status == Status::Pending {
             Status::Sent
         } else {
@@ -448,7 +448,7 @@ pub async fn send(mut config: Config) -> Result<Summary> {
     let stop_text = stop.as_ref().map(StopReason::describe);
     let counts = if config.dry_run {
         let mut counts = Counts::default();
-        ledger.for_each_result(|_, o| {
+        ledger.for_each_result(|_, _, o| {
             counts.add(if o.status == Status::Pending {
                 Status::NotSent
             } else {

@@ -547,3 +547,32 @@ async fn the_summary_json_has_every_count_and_the_last_stderr_line_is_the_summar
     );
     assert!(last.ends_with("exit 2"), "{last}");
 }
+
+#[tokio::test]
+async fn an_input_file_saved_over_during_the_run_is_refused_rather_than_mislabelled() {
+    let w = World::start().await;
+    let original: Vec<String> = (0..40).map(|i| format!("{DEPT},ok-{i:03},,")).collect();
+    let input = w.input(&original.iter().map(String::as_str).collect::<Vec<_>>());
+    let child = w
+        .send_command(&input, &["--rate", "20", "--concurrency", "2"])
+        .spawn()
+        .unwrap();
+    wait_for("some requests", std::time::Duration::from_secs(20), || {
+        w.stats().total_requests >= 5
+    })
+    .await;
+    // Same number of rows, other invoices: positions would match, customers would not.
+    let edited: Vec<String> = (0..40).map(|i| format!("{DEPT},other-{i:03},,")).collect();
+    w.input(&edited.iter().map(String::as_str).collect::<Vec<_>>());
+    let run = w.finish(child.wait_with_output().await.unwrap());
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("changed during the run"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.rows.is_empty(),
+        "no results file pinned on the wrong rows"
+    );
+}
