@@ -7,14 +7,6 @@ use std::time::Duration;
 use common::*;
 use invoice_dispatch::simulator::SimConfig;
 
-fn rows(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{DEPT},{prefix}{i:05},,")).collect()
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 fn signal(child: &tokio::process::Child, sig: i32) {
     let pid = child.id().expect("child still running") as i32;
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
@@ -33,7 +25,7 @@ fn no_invoice_twice(w: &World) {
 #[tokio::test]
 async fn running_the_same_command_twice_sends_nothing_the_second_time() {
     let w = World::start().await;
-    let input = w.input(&refs(&rows("ok-", 25)));
+    let input = w.input(&rows(DEPT, "ok-", 25));
     let first = w.send(&input, &[]).await;
     assert_eq!(first.code, 0, "{}", first.stderr);
     assert_eq!(w.stats().total_requests, 25);
@@ -125,7 +117,7 @@ async fn a_rehearsal_never_makes_a_real_send_look_done() {
 /// interrupted run (exit 130, every row accounted for) and the rerun (only the rest sent).
 async fn interrupted_mid_run_then_rerun(sig: i32) {
     let w = World::start().await;
-    let input = w.input(&refs(&rows("ok-", 200)));
+    let input = w.input(&rows(DEPT, "ok-", 200));
     let child = w
         .send_command(&input, &["--rate", "40", "--concurrency", "4"])
         .spawn()
@@ -165,7 +157,7 @@ async fn sigterm_is_handled_like_sigint() {
 #[tokio::test]
 async fn a_second_run_on_the_same_ledger_exits_1_naming_the_ledger_and_the_other_process() {
     let w = World::start().await;
-    let input = w.input(&refs(&rows("ok-", 100)));
+    let input = w.input(&rows(DEPT, "ok-", 100));
     let mut first = w
         .send_command(&input, &["--rate", "20", "--concurrency", "2"])
         .spawn()
@@ -205,7 +197,7 @@ async fn sigkill_at_a_random_moment_then_rerun_never_sends_an_invoice_twice() {
     })
     .await;
     let n = 2000;
-    let input = w.input(&refs(&rows("ok-", n)));
+    let input = w.input(&rows(DEPT, "ok-", n));
     let args = ["--rate", "200", "--concurrency", "16"];
     let mut child = w.send_command(&input, &args).spawn().unwrap();
     let kill_after = 50 + rand::random::<u64>() % 1500;

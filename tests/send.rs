@@ -7,10 +7,7 @@ use common::*;
 #[tokio::test]
 async fn the_sample_input_is_all_sent_with_links_and_exit_0() {
     let w = World::start().await;
-    let input = w.write(
-        "invoices.csv",
-        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/samples/invoices.csv")).unwrap(),
-    );
+    let input = w.sample("invoices.csv");
     let run = w.send(&input, &[]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.rows.len() >= 30);
@@ -152,14 +149,7 @@ async fn header_variants_and_column_mapping_are_recognised() {
 #[tokio::test]
 async fn a_bom_semicolon_excel_export_is_read_and_written_back_alike() {
     let w = World::start().await;
-    let input = w.write(
-        "excel.csv",
-        std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/samples/excel-export.csv"
-        ))
-        .unwrap(),
-    );
+    let input = w.sample("excel-export.csv");
     let run = w.send(&input, &[]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.rows.len(), 12);
@@ -237,14 +227,7 @@ async fn the_request_has_the_exact_path_headers_and_body() {
 #[tokio::test]
 async fn edge_cases_reach_each_status_in_input_order() {
     let w = World::start().await;
-    let input = w.write(
-        "edge.csv",
-        std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/samples/edge-cases.csv"
-        ))
-        .unwrap(),
-    );
+    let input = w.sample("edge-cases.csv");
     let run = w.send(&input, &[]).await;
     assert_eq!(run.code, 2, "{}", run.stderr);
     let got: Vec<(String, String)> = run
@@ -367,7 +350,7 @@ async fn the_password_appears_in_no_output_results_summary_or_ledger() {
 #[tokio::test]
 async fn validate_lists_bad_rows_with_line_column_and_value_and_exits_2() {
     let w = World::start().await;
-    let edge = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/edge-cases.csv");
+    let edge = sample_path("edge-cases.csv");
     let out = w
         .command()
         .arg("validate")
@@ -390,7 +373,7 @@ async fn validate_lists_bad_rows_with_line_column_and_value_and_exits_2() {
         "{stdout}"
     );
     assert!(stdout.contains("duplicate of line 2"), "{stdout}");
-    let good = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/invoices.csv");
+    let good = sample_path("invoices.csv");
     let out = w
         .command()
         .arg("validate")
@@ -475,6 +458,27 @@ async fn flags_beat_environment_beats_config_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(w.stats().total_requests, 1);
+
+    // And a flag overrides the environment: here the environment names the dead port.
+    let input = w.write("second.csv", format!("{HEADER}\n{DEPT},ok-2,,\n"));
+    let mut cmd = w.command();
+    cmd.arg("send")
+        .arg(&input)
+        .arg("--config")
+        .arg(&config)
+        .arg("--ledger")
+        .arg(w.ledger())
+        .arg("--base-url")
+        .arg(w.sim.base_url())
+        .env("INVOICE_DISPATCH_BASE_URL", "http://127.0.0.1:9");
+    let out = cmd.output().await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.received(DEPT, "ok-2"), 1);
 }
 
 #[tokio::test]
@@ -551,8 +555,7 @@ async fn the_summary_json_has_every_count_and_the_last_stderr_line_is_the_summar
 #[tokio::test]
 async fn an_input_file_saved_over_during_the_run_is_refused_rather_than_mislabelled() {
     let w = World::start().await;
-    let original: Vec<String> = (0..40).map(|i| format!("{DEPT},ok-{i:03},,")).collect();
-    let input = w.input(&original.iter().map(String::as_str).collect::<Vec<_>>());
+    let input = w.input(&rows(DEPT, "ok-", 40));
     let child = w
         .send_command(&input, &["--rate", "20", "--concurrency", "2"])
         .spawn()
@@ -562,8 +565,7 @@ async fn an_input_file_saved_over_during_the_run_is_refused_rather_than_mislabel
     })
     .await;
     // Same number of rows, other invoices: positions would match, customers would not.
-    let edited: Vec<String> = (0..40).map(|i| format!("{DEPT},other-{i:03},,")).collect();
-    w.input(&edited.iter().map(String::as_str).collect::<Vec<_>>());
+    w.input(&rows(DEPT, "other-", 40));
     let run = w.finish(child.wait_with_output().await.unwrap());
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(

@@ -7,14 +7,6 @@ use std::time::Duration;
 use common::*;
 use invoice_dispatch::simulator::SimConfig;
 
-fn rows(prefix: &str, dept: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{dept},{prefix}{i},,")).collect()
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 #[tokio::test]
 async fn flaky_rows_are_retried_until_sent() {
     let w = World::start().await;
@@ -49,8 +41,8 @@ async fn retry_safe_errors_give_up_after_max_attempts_as_failed() {
 async fn a_429_with_retry_after_pauses_the_whole_pool() {
     let w = World::start().await;
     let mut input = vec![format!("{DEPT},rate-1,,")];
-    input.extend(rows("ok-", DEPT, 6));
-    let input = w.input(&refs(&input));
+    input.extend(rows(DEPT, "ok-", 6));
+    let input = w.input(&input);
     let run = w
         .send(
             &input,
@@ -135,7 +127,7 @@ async fn wrong_credentials_stop_the_run_with_exit_3() {
     })
     .await;
     let concurrency = 4;
-    let input = w.input(&refs(&rows("ok-", DEPT, 200)));
+    let input = w.input(&rows(DEPT, "ok-", 200));
     let run = w
         .send(&input, &["--concurrency", &concurrency.to_string()])
         .await;
@@ -164,9 +156,9 @@ async fn wrong_credentials_stop_the_run_with_exit_3() {
 async fn a_refused_department_gets_exactly_one_request() {
     let w = World::start().await;
     let mut input = vec![format!("{DEPT2},noauth-0,,")];
-    input.extend(rows("ok-", DEPT2, 5));
-    input.extend(rows("ok-", DEPT, 3));
-    let input = w.input(&refs(&input));
+    input.extend(rows(DEPT2, "ok-", 5));
+    input.extend(rows(DEPT, "ok-", 3));
+    let input = w.input(&input);
     let run = w.send(&input, &["--concurrency", "1"]).await;
     assert_eq!(run.code, 2);
     let stats = w.stats();
@@ -194,7 +186,7 @@ async fn a_failing_server_trips_the_failure_ratio_stop() {
         ..SimConfig::default()
     })
     .await;
-    let input = w.input(&refs(&rows("inv-", DEPT, 300)));
+    let input = w.input(&rows(DEPT, "inv-", 300));
     let config = w.fast_config("retry_after_max = \"50ms\"\nmin_attempts_for_ratio = 20");
     let run = w
         .send(
@@ -222,9 +214,9 @@ async fn a_failing_server_trips_the_failure_ratio_stop() {
 #[tokio::test]
 async fn the_rate_limit_is_never_exceeded_counting_retries() {
     let w = World::start().await;
-    let mut input = rows("ok-", DEPT, 40);
-    input.extend(rows("flaky-", DEPT, 5));
-    let input = w.input(&refs(&input));
+    let mut input = rows(DEPT, "ok-", 40);
+    input.extend(rows(DEPT, "flaky-", 5));
+    let input = w.input(&input);
     let run = w
         .send(
             &input,

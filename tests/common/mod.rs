@@ -70,15 +70,20 @@ impl World {
         path
     }
 
-    /// `HEADER` plus one row per (invoice, text, email) — the common case of most tests.
-    pub fn input(&self, rows: &[&str]) -> PathBuf {
+    /// `input.csv`: `HEADER` plus the given rows — the common case of most tests.
+    pub fn input(&self, rows: &[impl AsRef<str>]) -> PathBuf {
         let mut text = String::from(HEADER);
         text.push('\n');
         for r in rows {
-            text.push_str(r);
+            text.push_str(r.as_ref());
             text.push('\n');
         }
         self.write("input.csv", text)
+    }
+
+    /// A copy of `samples/NAME` in the world's folder, so its results land there too.
+    pub fn sample(&self, name: &str) -> PathBuf {
+        self.write(name, std::fs::read(sample_path(name)).unwrap())
     }
 
     pub fn ledger(&self) -> PathBuf {
@@ -173,6 +178,17 @@ impl World {
             .copied()
             .unwrap_or(0)
     }
+}
+
+pub fn sample_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("samples")
+        .join(name)
+}
+
+/// `n` rows `DEPT,PREFIXnnnnn,,` for `World::input`.
+pub fn rows(dept: &str, prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{dept},{prefix}{i:05},,")).collect()
 }
 
 pub fn parse_results(text: &str) -> Vec<HashMap<String, String>> {
