@@ -391,7 +391,7 @@ impl Dispatcher {
         }
         if let Err(e) = self
             .ledger
-            .record(row.seq, &row.request, outcome, marked)
+            .record(row.seq, row.request, outcome, marked)
             .await
         {
             self.stop(StopReason::Ledger(format!("{e:#}")));

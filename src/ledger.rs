@@ -691,14 +691,14 @@ impl LedgerHandle {
     pub async fn record(
         &self,
         seq: u64,
-        request: &Request,
+        request: Request,
         outcome: Outcome,
         marked: bool,
     ) -> Result<()> {
         self.tx
             .send(Cmd::Record {
                 seq,
-                request: request.clone(),
+                request,
                 outcome: Box::new(outcome),
                 marked,
             })

@@ -285,15 +285,12 @@ pub async fn validate(input: &Path, options: &InputOptions) -> Result<i32> {
     join(p.reader, "reader")?;
     drop(p.ledger);
     let ledger = join(p.ledger_thread, "ledger")?;
-    let mut counts = Counts::default();
+    // Rows still pending are the valid ones: they would be sent.
+    let (mut counts, mut valid) = (Counts::default(), 0u64);
     let mut stdout = std::io::stdout().lock();
     ledger.for_each_result(|_, _, outcome| {
-        let status = if outcome.status == Status::Pending {
-            Status::Sent
-        } else {
-            outcome.status
-        };
-        counts.add(status);
+        counts.add(outcome.status);
+        valid += u64::from(outcome.status == Status::Pending);
         if matches!(outcome.status, Status::Invalid | Status::Duplicate) {
             writeln!(
                 stdout,
@@ -305,15 +302,11 @@ pub async fn validate(input: &Path, options: &InputOptions) -> Result<i32> {
         }
         Ok(())
     })?;
-    let invalid = counts.get(Status::Invalid);
-    let duplicate = counts.get(Status::Duplicate);
+    let (invalid, duplicate) = (counts.get(Status::Invalid), counts.get(Status::Duplicate));
     eprintln!(
-        "{}: {} rows: {} valid, {} invalid, {} duplicate",
+        "{}: {} rows: {valid} valid, {invalid} invalid, {duplicate} duplicate",
         input.display(),
-        counts.rows(),
-        counts.get(Status::Sent),
-        invalid,
-        duplicate
+        counts.rows() + valid
     );
     Ok(if invalid > 0 { 2 } else { 0 })
 }
@@ -342,20 +335,15 @@ pub async fn send(mut config: Config) -> Result<Summary> {
 
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     let show_bar = config.progress && std::io::stderr().is_terminal();
-    let needs_preview =
-        show_bar || (interactive && !config.yes && !config.simulate && !config.dry_run);
-    let preview = if needs_preview {
+    // Only a person at a terminal about to reach the real API is asked.
+    let ask = interactive && !config.yes && !config.simulate && !config.dry_run;
+    let preview = if show_bar || ask {
         Some(preview(&config.input, &config.input_options)?)
     } else {
         None
     };
-    if let Some(p) = &preview {
-        if interactive
-            && !config.yes
-            && !config.simulate
-            && !config.dry_run
-            && !confirm(p, &config.base_url)?
-        {
+    if let (true, Some(p)) = (ask, &preview) {
+        if !confirm(p, &config.base_url)? {
             bail!("nothing sent: not confirmed");
         }
     }
