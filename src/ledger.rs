@@ -230,11 +230,9 @@ impl Ledger {
         let now_ms = Utc::now().timestamp_millis();
         for cmd in batch.iter_mut() {
             match cmd {
-                Cmd::Admit { rows, reply } => {
-                    let admitted = admit(&tx, self.run_id, &self.target, policy, rows, now_ms)?;
-                    if let Some((_, slot)) = reply {
-                        *slot = admitted;
-                    }
+                // `rows` comes back holding only the rows to send, for the reply.
+                Cmd::Admit { rows, .. } => {
+                    *rows = admit(&tx, self.run_id, &self.target, policy, rows, now_ms)?;
                 }
                 // Only `sends` is written: rendering reads a pending row whose invoice is in
                 // flight for this run as in flight, which saves a write on the hot path.
@@ -611,11 +609,11 @@ struct Prior {
 enum Cmd {
     Admit {
         rows: Vec<Record>,
-        reply: Option<AdmitReply>,
+        reply: oneshot::Sender<Result<Vec<Record>, String>>,
     },
     MarkInFlight {
         request: Request,
-        reply: Option<oneshot::Sender<Result<(), String>>>,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     Record {
         seq: u64,
@@ -627,21 +625,15 @@ enum Cmd {
     },
 }
 
-type AdmitReply = (oneshot::Sender<Result<Vec<Record>, String>>, Vec<Record>);
-
 impl Cmd {
     fn answer(self, failed: Option<String>) {
         let verdict = |f: Option<String>| f.map_or(Ok(()), Err);
         match self {
-            Cmd::Admit { reply, .. } => {
-                if let Some((tx, admitted)) = reply {
-                    let _ = tx.send(verdict(failed).map(|()| admitted));
-                }
+            Cmd::Admit { rows, reply } => {
+                let _ = reply.send(verdict(failed).map(|()| rows));
             }
             Cmd::MarkInFlight { reply, .. } => {
-                if let Some(tx) = reply {
-                    let _ = tx.send(verdict(failed));
-                }
+                let _ = reply.send(verdict(failed));
             }
             Cmd::Record { .. } => {}
         }
@@ -663,10 +655,8 @@ impl LedgerHandle {
     /// thread.
     pub fn admit_blocking(&self, rows: Vec<Record>) -> Result<Vec<Record>> {
         let (tx, rx) = oneshot::channel();
-        // The reply slot is filled in by `apply` with the rows to send.
-        let reply = Some((tx, Vec::new()));
         self.tx
-            .blocking_send(Cmd::Admit { rows, reply })
+            .blocking_send(Cmd::Admit { rows, reply: tx })
             .map_err(|_| gone())?;
         rx.blocking_recv()
             .map_err(|_| gone())?
@@ -679,7 +669,7 @@ impl LedgerHandle {
         self.tx
             .send(Cmd::MarkInFlight {
                 request: request.clone(),
-                reply: Some(tx),
+                reply: tx,
             })
             .await
             .map_err(|_| gone())?;
