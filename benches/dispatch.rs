@@ -7,6 +7,7 @@
 //! cargo bench --bench dispatch -- send  --rows 1000 --rate 50
 //! cargo bench --bench dispatch -- send  --rows 2000 --rate 0 --concurrency 32 --latency 100
 //! cargo bench --bench dispatch -- send  --rows 100000 --rate 0 --concurrency 64 [--no-ledger]
+//! cargo bench --bench dispatch -- overhead --loops 7 --rows 100000 --concurrency 64
 //! cargo bench --bench dispatch -- raw   --rows 100000 --concurrency 64   (no pipeline: bare reqwest)
 //! cargo bench --bench dispatch -- kill  --loops 20 --rows 2000 --rate 200
 //! ```
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_invoice-dispatch");
 
+#[derive(Clone)]
 struct Opts {
     mode: String,
     rows: u64,
@@ -124,8 +126,21 @@ fn write_input(dir: &Path, rows: u64) -> PathBuf {
         "department_uuid,invoice_guid,send_as_text,send_as_email,customer"
     )
     .unwrap();
+    // Invoice ids shaped and scattered like real GUIDs: sequential ids would let every
+    // index the ledger keeps append at its right edge, which real input never does.
     for i in 0..rows {
-        writeln!(f, "dept-{:02},bench-{i:08},true,true,Customer {i}", i % 16).unwrap();
+        let (a, b) = (splitmix(i), splitmix(!i));
+        writeln!(
+            f,
+            "dept-{:02},{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x},true,true,Customer {i}",
+            i % 16,
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            b >> 52,
+            b & 0xffff_ffff_ffff
+        )
+        .unwrap();
     }
     f.flush().unwrap();
     path
@@ -159,6 +174,14 @@ fn send_command(o: &Opts, sim: &Sim, dir: &Path, input: &Path) -> Command {
     cmd
 }
 
+/// A fixed, well-mixed 64-bit function of `i` (SplitMix64's finaliser).
+fn splitmix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Peak RSS in MiB of the children waited for so far (the simulator is never waited
 /// before this is read).
 fn children_peak_rss_mib() -> f64 {
@@ -167,37 +190,96 @@ fn children_peak_rss_mib() -> f64 {
     usage.ru_maxrss as f64 / 1024.0
 }
 
-fn send(o: &Opts) {
+/// One `send` run on a fresh input, ledger and simulator.
+struct Run {
+    exit: i32,
+    wall: Duration,
+    requests: u64,
+    rps: f64,
+    sim_max_per_second: u64,
+}
+
+fn run_send(o: &Opts) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), o.rows);
     let sim = Sim::start(o.latency);
+    // Whatever the last run (or a build) left to write back would otherwise be flushed
+    // inside this run's first ledger flushes.
+    unsafe { libc::sync() };
     let started = Instant::now();
     let status = send_command(o, &sim, dir.path(), &input)
         .status()
         .expect("run send");
     let wall = started.elapsed();
-    let rss = children_peak_rss_mib();
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
-    let stats = sim.stats();
-    let rps = summary["requests_per_second"].as_f64().unwrap_or(0.0);
+    Run {
+        exit: status.code().unwrap_or(-1),
+        wall,
+        requests: summary["requests"].as_u64().unwrap_or(0),
+        rps: summary["requests_per_second"].as_f64().unwrap_or(0.0),
+        sim_max_per_second: sim.stats()["max_per_second"].as_u64().unwrap_or(0),
+    }
+}
+
+fn send(o: &Opts) {
+    let run = run_send(o);
+    let rss = children_peak_rss_mib();
+    let rps = run.rps;
     println!(
         "send rows={} rate={} burst={} concurrency={} latency={}ms ledger={}",
         o.rows, o.rate, o.burst, o.concurrency, o.latency, o.ledger
     );
     println!(
         "  exit={} wall={:.2}s requests={} achieved={:.1} req/s{} sim_max_per_second={} peak_rss={:.1} MiB",
-        status.code().unwrap_or(-1),
-        wall.as_secs_f64(),
-        summary["requests"],
+        run.exit,
+        run.wall.as_secs_f64(),
+        run.requests,
         rps,
         if o.rate > 0 {
             format!(" ({:.3} of configured {})", rps / o.rate as f64, o.rate)
         } else {
             " (unlimited)".into()
         },
-        stats["max_per_second"],
+        run.sim_max_per_second,
         rss
+    );
+}
+
+/// What the durable ledger costs: `--loops` pairs of runs, a ledger run and a `--no-ledger`
+/// run back to back (alternating which goes first). This VM's disk and CPU vary from minute
+/// to minute by more than the difference being measured, so each pair is compared within
+/// itself and the median of the pairs' ratios is the figure.
+fn overhead(o: &Opts) {
+    let mut ratios = Vec::new();
+    println!(
+        "overhead rows={} concurrency={} latency={}ms rate={} pairs={}",
+        o.rows, o.concurrency, o.latency, o.rate, o.loops
+    );
+    for round in 0..o.loops {
+        let mut pair = [0.0f64; 2]; // req/s with the ledger, without
+        for ledger in [round % 2 == 0, round % 2 != 0] {
+            let run = run_send(&Opts {
+                ledger,
+                ..o.clone()
+            });
+            assert_eq!(run.exit, 0, "a benchmark run failed");
+            pair[usize::from(!ledger)] = run.rps;
+        }
+        let ratio = pair[0] / pair[1];
+        println!(
+            "  pair {round:2}: ledger {:8.1} req/s, --no-ledger {:8.1} req/s, ratio {ratio:.3}",
+            pair[0], pair[1]
+        );
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    println!(
+        "overhead: median ratio {median:.3} (the ledger costs {:.1}%); ratios ranged {:.3}..{:.3}",
+        (1.0 - median) * 100.0,
+        ratios[0],
+        ratios[ratios.len() - 1]
     );
 }
 
@@ -298,6 +380,7 @@ fn main() {
         "send" => send(&o),
         "raw" => raw(&o),
         "kill" => kill(&o),
-        other => panic!("unknown mode {other}: send, raw or kill"),
+        "overhead" => overhead(&o),
+        other => panic!("unknown mode {other}: send, raw, kill or overhead"),
     }
 }
