@@ -373,8 +373,7 @@ impl Dispatcher {
     }
 
     async fn send_row(self: Arc<Self>, row: Admitted, _permit: OwnedSemaphorePermit) {
-        let mut marked = false;
-        let outcome = self.attempts(&row, &mut marked).await;
+        let outcome = self.attempts(&row).await;
         self.progress.count(outcome.status);
         if outcome.attempts > 0 {
             let finished = self.finished.fetch_add(1, Ordering::Relaxed) + 1;
@@ -389,11 +388,7 @@ impl Dispatcher {
                 self.stop(StopReason::FailureRatio { failures, finished });
             }
         }
-        if let Err(e) = self
-            .ledger
-            .record(row.seq, row.request, outcome, marked)
-            .await
-        {
+        if let Err(e) = self.ledger.record(row.seq, outcome).await {
             self.stop(StopReason::Ledger(format!("{e:#}")));
         }
     }
@@ -504,8 +499,8 @@ impl Dispatcher {
         cap.mul_f64(rand::rng().random::<f64>())
     }
 
-    /// Makes the row's attempts; `marked` tells whether it was marked in flight.
-    async fn attempts(&self, row: &Admitted, marked: &mut bool) -> Outcome {
+    /// Makes the row's attempts.
+    async fn attempts(&self, row: &Admitted) -> Outcome {
         let req = &row.request;
         let mut attempts = 0u32;
         let mut last_http: Option<u16> = None;
@@ -534,12 +529,11 @@ impl Dispatcher {
                 // Marked after the rate-limit wait, right before the request leaves, so a
                 // crash reports as unknown only the rows that may really have been sent.
                 // Concurrent marks share one commit in the ledger thread.
-                if let Err(e) = self.ledger.mark_in_flight(req).await {
+                if let Err(e) = self.ledger.mark_in_flight(row.seq).await {
                     self.stop(StopReason::Ledger(format!("{e:#}")));
                     let message = "not sent: the ledger could not record the send".to_string();
                     return outcome(Status::NotSent, message, 0, None, None);
                 }
-                *marked = true;
                 // The run may have stopped while the mark was being committed.
                 if let Some(reason) = self.stop_reason() {
                     let message = format!("not sent: run stopped, {}", reason.describe());

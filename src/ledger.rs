@@ -1,18 +1,27 @@
 //! The SQLite ledger: the source of truth for every row's outcome.
 //!
-//! Two tables carry it. `results` holds one row per input record of a run; the results
-//! CSV is rendered from it, so a crash loses nothing that was recorded. `sends` remembers,
-//! per target URL, department and invoice, what the last run did with that invoice, so a
-//! rerun knows what not to send again.
+//! Two tables carry it. `results` holds one row per input record of a run, in input order;
+//! the results CSV is rendered from it, and a row's in-flight mark is written there too, so
+//! a crash loses nothing that was recorded. `sends` remembers, per target URL, department
+//! and invoice, what the last run did with that invoice, so a rerun knows what not to send
+//! again.
 //!
 //! One thread owns the connection ([`Ledger::spawn`]); everything else talks to it over a
 //! bounded channel. It commits whatever commands have queued up in one transaction (group
 //! commit) and only then answers, so an in-flight mark is durable before its request leaves
 //! without costing a disk flush per row.
+//!
+//! What a run writes while it sends touches only the tail of `results` (rows keyed by
+//! input position), so each commit flushes a page or two however random the invoice ids.
+//! `sends` is brought up to date from `results` in one sorted pass when the run ends, or,
+//! if the process died first, when the next run opens the ledger. Duplicates within a run
+//! are found in a TEMP table, which is never flushed: it only matters while the run lives.
 
 use std::fs::File;
+use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -21,9 +30,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cli::LedgerChoice;
-use crate::input::{Record, Request};
+use crate::input::Record;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// How a row skipped because an earlier run may have delivered it starts its message; such
 /// rows still need a person, so they make the exit code 2.
 pub const UNKNOWN_SKIP: &str = "unknown: ";
@@ -141,6 +150,8 @@ pub struct Ledger {
     conn: Connection,
     run_id: i64,
     target: String,
+    /// A durable ledger's write-ahead log, which the flusher thread flushes (see `serve`).
+    wal: Option<File>,
     /// Held for the whole run: the OS drops the lock if the process dies, however it dies.
     _lock: Option<File>,
     /// Keeps a throwaway ledger's folder alive until the run ends.
@@ -169,24 +180,40 @@ impl Ledger {
             }
         };
         let durable = temp.is_none();
-        let conn = open_connection(&path, durable)
+        let mut conn = open_connection(&path, durable)
             .with_context(|| format!("ledger {} cannot be used", path.display()))?;
+        fold_unfinished(&mut conn)
+            .with_context(|| format!("ledger {} cannot be written", path.display()))?;
         let now = Utc::now().timestamp_millis();
         conn.execute(
-            "INSERT INTO runs (started_ms, pid, input, target) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO runs (started_ms, pid, input, target, folded) VALUES (?1, ?2, ?3, ?4, 0)",
             params![now, std::process::id(), input.display().to_string(), target],
         )
         .with_context(|| format!("ledger {} cannot be written", path.display()))?;
         let run_id = conn.last_insert_rowid();
-        conn.execute(
-            "DELETE FROM results WHERE id < ?1",
-            params![row_id(run_id - RUNS_KEPT + 1, 0)],
-        )
-        .with_context(|| format!("ledger {} cannot be written", path.display()))?;
+        for table in ["results", "marks", "outcomes"] {
+            conn.execute(
+                &format!("DELETE FROM {table} WHERE id < ?1"),
+                params![row_id(run_id - RUNS_KEPT + 1, 0)],
+            )
+            .with_context(|| format!("ledger {} cannot be written", path.display()))?;
+        }
+        // The file SQLite appends every commit to; it exists once anything was written.
+        let wal = match (durable, conn.path()) {
+            (true, Some(db)) => {
+                let wal = format!("{db}-wal");
+                Some(
+                    File::open(&wal)
+                        .with_context(|| format!("cannot open the ledger log {wal}"))?,
+                )
+            }
+            _ => None,
+        };
         Ok(Ledger {
             conn,
             run_id,
             target: target.to_string(),
+            wal,
             _lock: lock,
             _temp: temp,
         })
@@ -205,8 +232,19 @@ impl Ledger {
     }
 
     fn serve(mut self, mut rx: mpsc::Receiver<Cmd>, policy: Policy) -> Result<Ledger> {
-        let mut batch = Vec::with_capacity(GROUP_MAX);
+        // A durable ledger commits without waiting for the disk (synchronous = NORMAL) and
+        // hands each committed batch to the flusher, which flushes the log once for all the
+        // batches that queued while the last flush ran and only then answers them. The next
+        // batch is applied while the disk works, so a mark waits for about one flush.
+        let flusher = match &self.wal {
+            Some(wal) => {
+                self.conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
+                Some(Flusher::spawn(wal.try_clone()?)?)
+            }
+            None => None,
+        };
         while let Some(first) = rx.blocking_recv() {
+            let mut batch = Vec::with_capacity(GROUP_MAX);
             batch.push(first);
             while batch.len() < GROUP_MAX {
                 match rx.try_recv() {
@@ -215,13 +253,33 @@ impl Ledger {
                 }
             }
             let result = self.apply(&mut batch, &policy);
-            // Answer only after the commit: that is what makes a mark durable.
             let failed = result.as_ref().err().map(|e| format!("{e:#}"));
-            for cmd in batch.drain(..) {
+            // Only a mark has to be on disk before it is answered: its request leaves on
+            // the strength of it. Admissions and outcomes reach the disk with the next
+            // flush, which covers every earlier commit; losing them to a power cut before
+            // that costs nothing a rerun cannot redo, since no request depended on them.
+            let (marks, rest): (Vec<Cmd>, Vec<Cmd>) = batch
+                .into_iter()
+                .partition(|cmd| matches!(cmd, Cmd::MarkInFlight { .. }));
+            for cmd in rest {
                 cmd.answer(failed.clone());
+            }
+            match (&failed, &flusher) {
+                (None, Some(flusher)) if !marks.is_empty() => flusher.flush(marks),
+                _ => {
+                    for cmd in marks {
+                        cmd.answer(failed.clone());
+                    }
+                }
             }
             result?;
         }
+        if let Some(flusher) = flusher {
+            flusher.finish()?;
+            // From here on SQLite flushes each commit itself again.
+            self.conn.execute_batch("PRAGMA synchronous = FULL;")?;
+        }
+        fold(&mut self.conn, self.run_id)?;
         Ok(self)
     }
 
@@ -234,51 +292,12 @@ impl Ledger {
                 Cmd::Admit { rows, .. } => {
                     *rows = admit(&tx, self.run_id, &self.target, policy, rows, now_ms)?;
                 }
-                // Only `sends` is written: rendering reads a pending row whose invoice is in
-                // flight for this run as in flight, which saves a write on the hot path.
-                Cmd::MarkInFlight { request, .. } => {
-                    tx.prepare_cached(
-                        "INSERT INTO sends (target, dept, invoice, status, run_id, at_ms)
-                         VALUES (?1, ?2, ?3, 'in_flight', ?4, ?5)
-                         ON CONFLICT (target, dept, invoice) DO UPDATE SET
-                           status = 'in_flight', run_id = ?4, at_ms = ?5",
-                    )?
-                    .execute(params![
-                        self.target,
-                        request.department.as_str(),
-                        request.invoice.as_str(),
-                        self.run_id,
-                        now_ms
-                    ])?;
+                Cmd::MarkInFlight { seq, .. } => {
+                    tx.prepare_cached("INSERT INTO marks (id, at_ms) VALUES (?1, ?2)")?
+                        .execute(params![row_id(self.run_id, *seq), now_ms])?;
                 }
-                Cmd::Record {
-                    seq,
-                    request,
-                    outcome,
-                    marked,
-                } => {
-                    write_outcome(&tx, self.run_id, *seq, outcome)?;
-                    // Only a marked row's outcome changes what a rerun does. `sent_ms`
-                    // remembers the last real send even when a later --resend fails, so the
-                    // dedupe window still holds.
-                    if *marked {
-                        let sent = matches!(outcome.status, Status::Sent | Status::Partial);
-                        tx.prepare_cached(
-                            "UPDATE sends SET status = ?4, run_id = ?5, at_ms = ?6,
-                                 sent_run = CASE WHEN ?7 THEN ?5 ELSE sent_run END,
-                                 sent_ms = CASE WHEN ?7 THEN ?6 ELSE sent_ms END
-                             WHERE target = ?1 AND dept = ?2 AND invoice = ?3",
-                        )?
-                        .execute(params![
-                            self.target,
-                            request.department.as_str(),
-                            request.invoice.as_str(),
-                            outcome.status.as_str(),
-                            self.run_id,
-                            now_ms,
-                            sent
-                        ])?;
-                    }
+                Cmd::Record { seq, outcome } => {
+                    write_outcome(&tx, row_id(self.run_id, *seq), outcome, now_ms)?;
                 }
             }
         }
@@ -294,20 +313,18 @@ impl Ledger {
     ) -> Result<()> {
         let mut stmt = self.conn.prepare(
             "SELECT r.seq,
-                    CASE WHEN r.status = 'pending' AND s.status = 'in_flight' AND s.run_id = r.run_id
-                         THEN 'in_flight' ELSE r.status END,
-                    r.http_status, r.attempts, r.payment_link, r.invoice_link, r.text_sent,
-                    r.email_sent, r.errors, r.warnings, r.message, r.completed_at,
+                    coalesce(o.status, CASE WHEN m.id IS NOT NULL THEN 'in_flight' END, r.status),
+                    o.http_status, coalesce(o.attempts, 0), o.payment_link, o.invoice_link,
+                    o.text_sent, o.email_sent, coalesce(o.errors, ''), coalesce(o.warnings, ''),
+                    coalesce(o.message, r.message), coalesce(o.completed_at, r.completed_at),
                     r.dept, r.invoice
              FROM results r
-             LEFT JOIN sends s ON s.target = ?2 AND s.dept = r.dept AND s.invoice = r.invoice
-             WHERE r.id BETWEEN ?1 AND ?3 ORDER BY r.id",
+             LEFT JOIN marks m ON m.id = r.id
+             LEFT JOIN outcomes o ON o.id = r.id
+             WHERE r.id BETWEEN ?1 AND ?2 ORDER BY r.id",
         )?;
-        let mut rows = stmt.query(params![
-            row_id(self.run_id, 0),
-            self.target,
-            row_id(self.run_id, u32::MAX as u64)
-        ])?;
+        let (first, last) = run_rows(self.run_id);
+        let mut rows = stmt.query(params![first, last])?;
         while let Some(row) = rows.next()? {
             let status: String = row.get(1)?;
             let outcome = Outcome {
@@ -356,65 +373,158 @@ fn open_connection(path: &Path, durable: bool) -> Result<Connection> {
         );
     }
     // WAL lets the results be read while the writer works; FULL makes each commit survive
-    // a power cut, not only a killed process. Group commit pays for the flush. A throwaway
-    // ledger dies with the run, so it skips the flush.
+    // a power cut, not only a killed process (while a run sends, the flushers do that job:
+    // see `serve`). A throwaway ledger dies with the run, so it skips the flush. SQLite's
+    // default checkpoint interval keeps the log at about 4 MB, rewritten in place, and a
+    // flush of a file that did not grow is the cheap kind.
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
         .context("cannot switch the ledger to WAL mode (read-only, or corrupt?)")?;
-    conn.execute_batch("PRAGMA wal_autocheckpoint = 10000;")?;
     conn.execute_batch(if durable {
         "PRAGMA synchronous = FULL;"
     } else {
         "PRAGMA synchronous = OFF;"
     })?;
-    if version < SCHEMA_VERSION {
-        conn.execute_batch(
-            "BEGIN;
-             CREATE TABLE IF NOT EXISTS runs (
-                 id INTEGER PRIMARY KEY,
-                 started_ms INTEGER NOT NULL,
-                 finished_ms INTEGER,
-                 pid INTEGER NOT NULL,
-                 input TEXT NOT NULL,
-                 target TEXT NOT NULL,
-                 exit_code INTEGER
-             );
-             CREATE TABLE IF NOT EXISTS sends (
-                 target TEXT NOT NULL,
-                 dept TEXT NOT NULL,
-                 invoice TEXT NOT NULL,
-                 status TEXT NOT NULL,
-                 run_id INTEGER NOT NULL,
-                 at_ms INTEGER NOT NULL,
-                 sent_run INTEGER,
-                 sent_ms INTEGER,
-                 PRIMARY KEY (target, dept, invoice)
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS results (
-                 id INTEGER PRIMARY KEY,
-                 run_id INTEGER NOT NULL,
-                 seq INTEGER NOT NULL,
-                 line INTEGER NOT NULL,
-                 dept TEXT,
-                 invoice TEXT,
-                 status TEXT NOT NULL,
-                 http_status INTEGER,
-                 attempts INTEGER NOT NULL DEFAULT 0,
-                 payment_link TEXT,
-                 invoice_link TEXT,
-                 text_sent TEXT,
-                 email_sent TEXT,
-                 errors TEXT NOT NULL DEFAULT '',
-                 warnings TEXT NOT NULL DEFAULT '',
-                 message TEXT NOT NULL DEFAULT '',
-                 completed_at TEXT NOT NULL DEFAULT ''
-             );
-             CREATE INDEX IF NOT EXISTS results_key ON results (run_id, dept, invoice);
-             PRAGMA user_version = 1;
-             COMMIT;",
-        )
-        .context("cannot create the ledger tables")?;
+    // Each step takes the ledger from schema N to N+1, in one transaction with the version
+    // bump, so a ledger is never left half migrated.
+    for (from, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        conn.execute_batch(&format!(
+            "BEGIN; {step} PRAGMA user_version = {}; COMMIT;",
+            from + 1
+        ))
+        .with_context(|| format!("cannot bring the ledger to schema {}", from + 1))?;
     }
+    // Duplicates within this run: the first row of each key, by a 64-bit fingerprint of
+    // the key. TEMP tables belong to this connection, spill to a temporary file (so memory
+    // stays flat) and are never flushed; an 8-byte key keeps 100,000 rows in SQLite's
+    // default 2 MB cache even though invoice ids arrive in random order. Its rollback
+    // journal is kept in memory: on disk it was rewritten and truncated at every commit, and
+    // that churn made each flush of the real log slower.
+    conn.execute_batch(
+        "PRAGMA temp.journal_mode = MEMORY;
+         CREATE TEMP TABLE seen (fingerprint INTEGER PRIMARY KEY, seq INTEGER NOT NULL);",
+    )?;
     Ok(conn)
+}
+
+/// `MIGRATIONS[n]` takes a ledger from schema `n` to `n + 1`; a new ledger runs them all.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    // 1: `sends` written as each row was marked and answered.
+    "CREATE TABLE runs (
+         id INTEGER PRIMARY KEY,
+         started_ms INTEGER NOT NULL,
+         finished_ms INTEGER,
+         pid INTEGER NOT NULL,
+         input TEXT NOT NULL,
+         target TEXT NOT NULL,
+         exit_code INTEGER
+     );
+     CREATE TABLE sends (
+         target TEXT NOT NULL,
+         dept TEXT NOT NULL,
+         invoice TEXT NOT NULL,
+         status TEXT NOT NULL,
+         run_id INTEGER NOT NULL,
+         at_ms INTEGER NOT NULL,
+         sent_run INTEGER,
+         sent_ms INTEGER,
+         PRIMARY KEY (target, dept, invoice)
+     ) WITHOUT ROWID;
+     CREATE TABLE results (
+         id INTEGER PRIMARY KEY,
+         run_id INTEGER NOT NULL,
+         seq INTEGER NOT NULL,
+         line INTEGER NOT NULL,
+         dept TEXT,
+         invoice TEXT,
+         status TEXT NOT NULL,
+         http_status INTEGER,
+         attempts INTEGER NOT NULL DEFAULT 0,
+         payment_link TEXT,
+         invoice_link TEXT,
+         text_sent TEXT,
+         email_sent TEXT,
+         errors TEXT NOT NULL DEFAULT '',
+         warnings TEXT NOT NULL DEFAULT '',
+         message TEXT NOT NULL DEFAULT '',
+         completed_at TEXT NOT NULL DEFAULT ''
+     );
+     CREATE INDEX results_key ON results (run_id, dept, invoice);",
+    // 2: marks go to `results` and are folded into `sends` per run. Runs written by
+    // schema 1 already updated `sends` as they went, so they count as folded.
+    // Marks and outcomes get narrow tables of their own, keyed like `results`: a commit then
+    // appends a few small rows at the right edge of two b-trees instead of rewriting the
+    // pages of every scattered row it touched, which more than halves what each flush writes.
+    "ALTER TABLE runs ADD COLUMN folded INTEGER NOT NULL DEFAULT 1;
+     CREATE TABLE marks (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
+     CREATE TABLE outcomes (
+         id INTEGER PRIMARY KEY,
+         status TEXT NOT NULL,
+         http_status INTEGER,
+         attempts INTEGER NOT NULL,
+         payment_link TEXT,
+         invoice_link TEXT,
+         text_sent TEXT,
+         email_sent TEXT,
+         errors TEXT NOT NULL,
+         warnings TEXT NOT NULL,
+         message TEXT NOT NULL,
+         completed_at TEXT NOT NULL,
+         at_ms INTEGER
+     );
+     INSERT INTO outcomes
+         SELECT id, status, http_status, attempts, payment_link, invoice_link, text_sent,
+                email_sent, errors, warnings, message, completed_at, NULL
+         FROM results WHERE attempts > 0;
+     DROP INDEX results_key;
+     ALTER TABLE results DROP COLUMN http_status;
+     ALTER TABLE results DROP COLUMN attempts;
+     ALTER TABLE results DROP COLUMN payment_link;
+     ALTER TABLE results DROP COLUMN invoice_link;
+     ALTER TABLE results DROP COLUMN text_sent;
+     ALTER TABLE results DROP COLUMN email_sent;
+     ALTER TABLE results DROP COLUMN errors;
+     ALTER TABLE results DROP COLUMN warnings;",
+];
+
+/// Brings `sends` up to date with what `run_id` marked and recorded, in one transaction.
+/// Rows never marked were never sent and leave `sends` alone; `sent_ms` keeps the last real
+/// send even when a later `--resend` fails, so the dedupe window still holds.
+fn fold(conn: &mut Connection, run_id: i64) -> Result<()> {
+    let tx = conn.transaction()?;
+    let (first, last) = run_rows(run_id);
+    // Sorted by key, so the upsert walks `sends` in order instead of jumping per row. (The
+    // WHERE clause also keeps SQLite from reading ON CONFLICT as a join constraint.)
+    tx.execute(
+        "INSERT INTO sends (target, dept, invoice, status, run_id, at_ms, sent_run, sent_ms)
+         SELECT (SELECT target FROM runs WHERE id = ?3), r.dept, r.invoice,
+                coalesce(o.status, 'in_flight'), ?3, coalesce(o.at_ms, m.at_ms),
+                CASE WHEN o.status IN ('sent', 'partial') THEN ?3 END,
+                CASE WHEN o.status IN ('sent', 'partial') THEN o.at_ms END
+         FROM marks m JOIN results r ON r.id = m.id LEFT JOIN outcomes o ON o.id = m.id
+         WHERE m.id BETWEEN ?1 AND ?2
+         ORDER BY r.dept, r.invoice
+         ON CONFLICT (target, dept, invoice) DO UPDATE SET
+             status = excluded.status, run_id = excluded.run_id, at_ms = excluded.at_ms,
+             sent_run = coalesce(excluded.sent_run, sent_run),
+             sent_ms = coalesce(excluded.sent_ms, sent_ms)",
+        params![first, last, run_id],
+    )?;
+    tx.execute("UPDATE runs SET folded = 1 WHERE id = ?1", params![run_id])?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Folds the runs that died before they could fold themselves, oldest first, so that
+/// their in-flight marks become what the next admission sees.
+fn fold_unfinished(conn: &mut Connection) -> Result<()> {
+    let runs: Vec<i64> = conn
+        .prepare("SELECT id FROM runs WHERE folded = 0 ORDER BY id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for run in runs {
+        fold(conn, run)?;
+    }
+    Ok(())
 }
 
 /// Takes the exclusive run lock beside the ledger, naming the holder when it is taken.
@@ -474,12 +584,16 @@ fn row_id(run_id: i64, seq: u64) -> i64 {
     (run_id << 32) | seq as i64
 }
 
-fn write_outcome(tx: &rusqlite::Transaction, run_id: i64, seq: u64, o: &Outcome) -> Result<()> {
+/// The first and last possible result-row ids of a run.
+fn run_rows(run_id: i64) -> (i64, i64) {
+    (row_id(run_id, 0), row_id(run_id, u64::from(u32::MAX)))
+}
+
+fn write_outcome(tx: &rusqlite::Transaction, id: i64, o: &Outcome, now_ms: i64) -> Result<()> {
     tx.prepare_cached(
-        "UPDATE results SET status = ?1, http_status = ?2, attempts = ?3, payment_link = ?4,
-             invoice_link = ?5, text_sent = ?6, email_sent = ?7, errors = ?8, warnings = ?9,
-             message = ?10, completed_at = ?11
-         WHERE id = ?12",
+        "INSERT INTO outcomes (status, http_status, attempts, payment_link, invoice_link,
+             text_sent, email_sent, errors, warnings, message, completed_at, id, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         o.status.as_str(),
@@ -493,7 +607,8 @@ fn write_outcome(tx: &rusqlite::Transaction, run_id: i64, seq: u64, o: &Outcome)
         o.warnings,
         o.message,
         o.completed_at,
-        row_id(run_id, seq)
+        id,
+        now_ms
     ])?;
     Ok(())
 }
@@ -513,11 +628,6 @@ fn admit(
         "INSERT INTO results (id, run_id, seq, line, dept, invoice, status, message, completed_at)
          VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
-    let mut first_line = tx.prepare_cached(
-        // MIN, not ORDER BY seq: that would make SQLite walk the primary key instead of
-        // the (run_id, dept, invoice) index, and admission would be quadratic.
-        "SELECT MIN(line) FROM results WHERE run_id = ?1 AND dept = ?2 AND invoice = ?3",
-    )?;
     let mut earlier = tx.prepare_cached(
         "SELECT status, run_id, at_ms, sent_run, sent_ms FROM sends
          WHERE target = ?1 AND dept = ?2 AND invoice = ?3",
@@ -530,8 +640,7 @@ fn admit(
             Ok(req) => {
                 let dept = req.department.as_str();
                 let invoice = req.invoice.as_str();
-                let first: Option<u64> =
-                    first_line.query_row(params![run_id, dept, invoice], |r| r.get(0))?;
+                let first = first_line(tx, run_id, record.seq, dept, invoice)?;
                 let prior: Option<Prior> = earlier
                     .query_row(params![target, dept, invoice], |r| {
                         Ok(Prior {
@@ -597,6 +706,53 @@ fn admit(
     Ok(to_send)
 }
 
+/// The line of this run's first row with the same department and invoice, if the row is
+/// not the first; otherwise the row becomes the first.
+fn first_line(
+    tx: &rusqlite::Transaction,
+    run_id: i64,
+    seq: u64,
+    dept: &str,
+    invoice: &str,
+) -> Result<Option<u64>> {
+    let key = fingerprint(dept, invoice);
+    let earlier: Option<u64> = tx
+        .prepare_cached("SELECT seq FROM seen WHERE fingerprint = ?1")?
+        .query_row(params![key], |r| r.get(0))
+        .optional()?;
+    let Some(earlier) = earlier else {
+        tx.prepare_cached("INSERT INTO seen (fingerprint, seq) VALUES (?1, ?2)")?
+            .execute(params![key, seq as i64])?;
+        return Ok(None);
+    };
+    let same: Option<u64> = tx
+        .prepare_cached("SELECT line FROM results WHERE id = ?1 AND dept = ?2 AND invoice = ?3")?
+        .query_row(params![row_id(run_id, earlier), dept, invoice], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if same.is_some() {
+        return Ok(same);
+    }
+    // Two keys with one fingerprint (about one run in 10^9 at 100,000 rows): the slot
+    // belongs to the other key, so this key's first row is found by reading the run.
+    let (first, last) = run_rows(run_id);
+    let line = tx
+        .prepare_cached(
+            "SELECT MIN(line) FROM results
+             WHERE id BETWEEN ?1 AND ?2 AND dept = ?3 AND invoice = ?4",
+        )?
+        .query_row(params![first, last, dept, invoice], |r| r.get(0))?;
+    Ok(line)
+}
+
+/// Stable within a process, which is as long as the `seen` table lives.
+fn fingerprint(dept: &str, invoice: &str) -> i64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (dept, invoice).hash(&mut h);
+    h.finish() as i64
+}
+
 /// What the ledger knows of an invoice from earlier runs.
 struct Prior {
     status: String,
@@ -612,16 +768,12 @@ enum Cmd {
         reply: oneshot::Sender<Result<Vec<Record>, String>>,
     },
     MarkInFlight {
-        request: Request,
+        seq: u64,
         reply: oneshot::Sender<Result<(), String>>,
     },
     Record {
         seq: u64,
-        request: Request,
         outcome: Box<Outcome>,
-        /// Whether the row was marked in flight: only then does its outcome replace the
-        /// mark in `sends`.
-        marked: bool,
     },
 }
 
@@ -636,6 +788,87 @@ impl Cmd {
                 let _ = reply.send(verdict(failed));
             }
             Cmd::Record { .. } => {}
+        }
+    }
+}
+
+/// Makes committed batches durable, then answers them.
+///
+/// SQLite writes a commit to the log before `commit` returns; flushing the log file makes
+/// that commit, and every one before it, survive a power cut. A commit that was written but
+/// not yet flushed when the power went is rolled back on the next open (the log's frame
+/// checksums end at the last whole commit), and nobody was answered for it, so no request
+/// left on its strength. With synchronous = NORMAL SQLite still flushes on checkpoints.
+///
+/// Two flushers take turns: a batch committed while one flush runs starts its own flush at
+/// once instead of waiting for that one to end (the disk serves two flushes about as fast
+/// as one). Whichever flush ends first covers every commit written before it began.
+struct Flusher {
+    tx: std::sync::mpsc::Sender<Vec<Cmd>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Once a flush fails nothing after it is known to be on disk.
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+const FLUSHERS: usize = 2;
+
+impl Flusher {
+    fn spawn(wal: File) -> Result<Flusher> {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Cmd>>();
+        let rx = Arc::new(Mutex::new(rx));
+        let failed = Arc::new(Mutex::new(None::<String>));
+        let mut threads = Vec::new();
+        for _ in 0..FLUSHERS {
+            let (rx, failed, wal) = (rx.clone(), failed.clone(), wal.try_clone()?);
+            let flusher = move || loop {
+                // Everything committed so far, taken under the lock so the other flusher
+                // starts on what commits next.
+                let batches: Vec<Vec<Cmd>> = {
+                    let rx = rx.lock().unwrap();
+                    let Ok(first) = rx.recv() else { return };
+                    std::iter::once(first).chain(rx.try_iter()).collect()
+                };
+                if failed.lock().unwrap().is_none() {
+                    if let Err(e) = wal.sync_data() {
+                        let mut failed = failed.lock().unwrap();
+                        failed.get_or_insert(format!("cannot flush the ledger to disk: {e}"));
+                    }
+                }
+                let verdict = failed.lock().unwrap().clone();
+                for cmd in batches.into_iter().flatten() {
+                    cmd.answer(verdict.clone());
+                }
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name("ledger-flush".into())
+                    .spawn(flusher)
+                    .context("cannot start the ledger flusher")?,
+            );
+        }
+        Ok(Flusher {
+            tx,
+            threads,
+            failed,
+        })
+    }
+
+    fn flush(&self, batch: Vec<Cmd>) {
+        // The flushers only stop once this sender is dropped.
+        let _ = self.tx.send(batch);
+    }
+
+    /// Waits for the last flush; the first flush error, if any.
+    fn finish(self) -> Result<()> {
+        drop(self.tx);
+        for thread in self.threads {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the ledger flusher panicked"))?;
+        }
+        match self.failed.lock().unwrap().take() {
+            Some(e) => bail!(e),
+            None => Ok(()),
         }
     }
 }
@@ -664,13 +897,10 @@ impl LedgerHandle {
     }
 
     /// Durably marks the row in flight; returns once the mark is committed.
-    pub async fn mark_in_flight(&self, request: &Request) -> Result<()> {
+    pub async fn mark_in_flight(&self, seq: u64) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::MarkInFlight {
-                request: request.clone(),
-                reply: tx,
-            })
+            .send(Cmd::MarkInFlight { seq, reply: tx })
             .await
             .map_err(|_| gone())?;
         rx.await
@@ -678,21 +908,96 @@ impl LedgerHandle {
             .map_err(|e| anyhow::anyhow!("ledger write failed: {e}"))
     }
 
-    pub async fn record(
-        &self,
-        seq: u64,
-        request: Request,
-        outcome: Outcome,
-        marked: bool,
-    ) -> Result<()> {
+    pub async fn record(&self, seq: u64, outcome: Outcome) -> Result<()> {
         self.tx
             .send(Cmd::Record {
                 seq,
-                request,
                 outcome: Box::new(outcome),
-                marked,
             })
             .await
             .map_err(|_| gone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::{DepartmentUuid, Flags, InvoiceGuid, Request};
+
+    const DEPT: &str = "3f2b9c1e-7a4d-4e8b-9f61-2c5d8a0e4b17";
+
+    fn record(seq: u64, invoice: &str) -> Record {
+        Record {
+            seq,
+            line: seq + 2,
+            parsed: Ok(Request {
+                department: DepartmentUuid::parse(DEPT).unwrap(),
+                invoice: InvoiceGuid::parse(invoice).unwrap(),
+                flags: Flags::default(),
+            }),
+        }
+    }
+
+    /// Admits the records in one transaction; the status and message each was given.
+    fn admit_all(ledger: &mut Ledger, rows: Vec<Record>) -> Vec<(String, String)> {
+        let policy = Policy {
+            dedupe_window: Duration::from_secs(3600),
+            resend: false,
+            retry_unknown: false,
+        };
+        let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+        let tx = ledger.conn.transaction().unwrap();
+        admit(
+            &tx,
+            ledger.run_id,
+            "http://127.0.0.1:1",
+            &policy,
+            &mut { rows },
+            0,
+        )
+        .unwrap();
+        let out = seqs
+            .iter()
+            .map(|seq| {
+                tx.query_row(
+                    "SELECT status, message FROM results WHERE id = ?1",
+                    params![row_id(ledger.run_id, *seq)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap()
+            })
+            .collect();
+        tx.commit().unwrap();
+        out
+    }
+
+    #[test]
+    fn two_keys_sharing_a_fingerprint_are_not_duplicates_of_each_other() {
+        let mut ledger = Ledger::open(
+            &LedgerChoice::Throwaway,
+            "http://127.0.0.1:1",
+            Path::new("in.csv"),
+        )
+        .unwrap();
+        admit_all(&mut ledger, vec![record(0, "INV-A")]);
+        // Force the collision: INV-B's fingerprint slot already belongs to row 0 (INV-A).
+        ledger
+            .conn
+            .execute(
+                "INSERT INTO seen (fingerprint, seq) VALUES (?1, 0)",
+                params![fingerprint(DEPT, "INV-B")],
+            )
+            .unwrap();
+        let got = admit_all(
+            &mut ledger,
+            vec![record(1, "INV-B"), record(2, "INV-B"), record(3, "INV-A")],
+        );
+        let want = [
+            ("pending", ""),
+            ("duplicate", "duplicate of line 3"),
+            ("duplicate", "duplicate of line 2"),
+        ];
+        let got: Vec<(&str, &str)> = got.iter().map(|(s, m)| (s.as_str(), m.as_str())).collect();
+        assert_eq!(got, want);
     }
 }

@@ -312,3 +312,103 @@ async fn a_row_skipped_because_it_may_have_been_delivered_still_exits_2() {
     assert_eq!(second.summary["skipped_unknown"], 1);
     assert_eq!(w.received(DEPT, "err500-1"), 1);
 }
+
+/// A ledger written by the first release (schema 1) is upgraded in place and keeps what it
+/// knew: an invoice it sent stays skipped, one it left in flight stays unknown.
+#[tokio::test]
+async fn a_schema_1_ledger_is_upgraded_and_its_memory_kept() {
+    let w = World::start().await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    {
+        let conn = rusqlite::Connection::open(w.ledger()).unwrap();
+        // Schema 1 exactly as that release created it.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE runs (id INTEGER PRIMARY KEY, started_ms INTEGER NOT NULL,
+                 finished_ms INTEGER, pid INTEGER NOT NULL, input TEXT NOT NULL,
+                 target TEXT NOT NULL, exit_code INTEGER);
+             CREATE TABLE sends (target TEXT NOT NULL, dept TEXT NOT NULL, invoice TEXT NOT NULL,
+                 status TEXT NOT NULL, run_id INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+                 sent_run INTEGER, sent_ms INTEGER,
+                 PRIMARY KEY (target, dept, invoice)) WITHOUT ROWID;
+             CREATE TABLE results (id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL,
+                 seq INTEGER NOT NULL, line INTEGER NOT NULL, dept TEXT, invoice TEXT,
+                 status TEXT NOT NULL, http_status INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
+                 payment_link TEXT, invoice_link TEXT, text_sent TEXT, email_sent TEXT,
+                 errors TEXT NOT NULL DEFAULT '', warnings TEXT NOT NULL DEFAULT '',
+                 message TEXT NOT NULL DEFAULT '', completed_at TEXT NOT NULL DEFAULT '');
+             CREATE INDEX results_key ON results (run_id, dept, invoice);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        let target = w.sim.base_url();
+        conn.execute(
+            "INSERT INTO runs (id, started_ms, pid, input, target) VALUES (1, ?1, 1, 'old.csv', ?2)",
+            rusqlite::params![now_ms - 60_000, target],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO sends VALUES (?1, ?2, 'ok-1', 'sent', 1, ?3, 1, ?3),
+                                      (?1, ?2, 'ok-2', 'in_flight', 1, ?3, NULL, NULL)",
+            rusqlite::params![target, DEPT, now_ms - 60_000],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO results (id, run_id, seq, line, dept, invoice, status, http_status,
+                 attempts, payment_link, completed_at)
+             VALUES (4294967296, 1, 0, 2, ?1, 'ok-1', 'sent', 200, 1, 'https://pay/1', 'then')",
+            rusqlite::params![DEPT],
+        )
+        .unwrap();
+    }
+    let input = w.input(&[
+        &format!("{DEPT},ok-1,,"),
+        &format!("{DEPT},ok-2,,"),
+        &format!("{DEPT},ok-3,,"),
+    ]);
+    let run = w.send(&input, &[]).await;
+    assert_eq!(
+        run.statuses(),
+        ["skipped", "skipped", "sent"],
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.rows[0]["message"].contains("by run 1"),
+        "{:?}",
+        run.rows[0]
+    );
+    assert!(
+        run.rows[1]["message"].starts_with("unknown: "),
+        "{:?}",
+        run.rows[1]
+    );
+    assert_eq!(run.code, 2);
+    assert_eq!(w.stats().total_requests, 1);
+    assert_eq!(w.received(DEPT, "ok-3"), 1);
+
+    let conn = rusqlite::Connection::open(w.ledger()).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    // The old run's row details moved, not lost.
+    let link: String = conn
+        .query_row(
+            "SELECT payment_link FROM outcomes WHERE id = 4294967296",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(link, "https://pay/1");
+    // And this run's send was folded into what the next run will read.
+    let status: String = conn
+        .query_row("SELECT status FROM sends WHERE invoice = 'ok-3'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(status, "sent");
+}
