@@ -1,21 +1,22 @@
 //! The SQLite ledger: the source of truth for every row's outcome.
 //!
-//! Two tables carry it. `results` holds one row per input record of a run, in input order;
-//! the results CSV is rendered from it, and a row's in-flight mark is written there too, so
-//! a crash loses nothing that was recorded. `sends` remembers, per target URL, department
-//! and invoice, what the last run did with that invoice, so a rerun knows what not to send
-//! again.
+//! `results` holds one row per input record of a run, in input order, with what admission
+//! decided; `marks` and `outcomes`, keyed the same way, hold the in-flight marks and the
+//! answers. The results CSV is rendered from the three, so a crash loses nothing that was
+//! recorded. `sends` remembers, per target URL, department and invoice, what the last run
+//! did with that invoice, so a rerun knows what not to send again. A run folds its marks and
+//! outcomes into `sends` in one sorted pass when it ends; if it died first, the next run
+//! does it when it opens the ledger.
 //!
 //! One thread owns the connection ([`Ledger::spawn`]); everything else talks to it over a
 //! bounded channel. It commits whatever commands have queued up in one transaction (group
-//! commit) and only then answers, so an in-flight mark is durable before its request leaves
-//! without costing a disk flush per row.
+//! commit), and a mark is answered only once a flush of the log has covered its commit, so
+//! it is durable before its request leaves without a disk flush per row (see `serve`).
 //!
-//! What a run writes while it sends touches only the tail of `results` (rows keyed by
-//! input position), so each commit flushes a page or two however random the invoice ids.
-//! `sends` is brought up to date from `results` in one sorted pass when the run ends, or,
-//! if the process died first, when the next run opens the ledger. Duplicates within a run
-//! are found in a TEMP table, which is never flushed: it only matters while the run lives.
+//! While a run sends, a commit only appends small rows at the right edge of `results`,
+//! `marks` and `outcomes`, so it writes a few pages however random the invoice ids are.
+//! Duplicates within a run are found in a TEMP table, which is never flushed: it only
+//! matters while the run lives.
 
 use std::fs::File;
 use std::hash::{Hash, Hasher};
@@ -233,9 +234,9 @@ impl Ledger {
 
     fn serve(mut self, mut rx: mpsc::Receiver<Cmd>, policy: Policy) -> Result<Ledger> {
         // A durable ledger commits without waiting for the disk (synchronous = NORMAL) and
-        // hands each committed batch to the flusher, which flushes the log once for all the
-        // batches that queued while the last flush ran and only then answers them. The next
-        // batch is applied while the disk works, so a mark waits for about one flush.
+        // hands each committed batch's marks to the flushers, which flush the log once for
+        // all the batches that queued meanwhile and only then answer them. The next batch
+        // is applied while the disk works, so a mark waits for about one flush.
         let flusher = match &self.wal {
             Some(wal) => {
                 self.conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
