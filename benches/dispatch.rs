@@ -197,6 +197,8 @@ struct Run {
     requests: u64,
     rps: f64,
     sim_max_per_second: u64,
+    /// The largest of every child waited for so far: meaningful for the first run only.
+    peak_rss_mib: f64,
 }
 
 fn run_send(o: &Opts) -> Run {
@@ -211,6 +213,8 @@ fn run_send(o: &Opts) -> Run {
         .status()
         .expect("run send");
     let wall = started.elapsed();
+    // Read before `sim` is dropped (and so waited for): only the sender counts yet.
+    let peak_rss_mib = children_peak_rss_mib();
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
     Run {
@@ -219,12 +223,13 @@ fn run_send(o: &Opts) -> Run {
         requests: summary["requests"].as_u64().unwrap_or(0),
         rps: summary["requests_per_second"].as_f64().unwrap_or(0.0),
         sim_max_per_second: sim.stats()["max_per_second"].as_u64().unwrap_or(0),
+        peak_rss_mib,
     }
 }
 
 fn send(o: &Opts) {
     let run = run_send(o);
-    let rss = children_peak_rss_mib();
+    let rss = run.peak_rss_mib;
     let rps = run.rps;
     println!(
         "send rows={} rate={} burst={} concurrency={} latency={}ms ledger={}",
