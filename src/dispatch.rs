@@ -350,7 +350,8 @@ impl Dispatcher {
                 r = rows.recv() => match r { Some(r) => r, None => break },
             };
             while tasks.try_join_next().is_some() {}
-            tasks.spawn(self.clone().send_row(row, permit));
+            let first_of_department = self.claim_department(&row.request);
+            tasks.spawn(self.clone().send_row(row, permit, first_of_department));
         }
         drop(rows);
         let grace = self.settings.shutdown_grace;
@@ -372,8 +373,13 @@ impl Dispatcher {
         }
     }
 
-    async fn send_row(self: Arc<Self>, row: Admitted, _permit: OwnedSemaphorePermit) {
-        let outcome = self.attempts(&row).await;
+    async fn send_row(
+        self: Arc<Self>,
+        row: Admitted,
+        _permit: OwnedSemaphorePermit,
+        first_of_department: bool,
+    ) {
+        let outcome = self.attempts(&row, first_of_department).await;
         self.progress.count(outcome.status);
         if outcome.attempts > 0 {
             let finished = self.finished.fetch_add(1, Ordering::Relaxed) + 1;
@@ -405,11 +411,34 @@ impl Dispatcher {
         }
     }
 
+    /// Makes the row its department's probe if the department has not been seen. Decided
+    /// here, in input order, rather than when the row's task first runs: tasks start in any
+    /// order, and the row that goes alone must be the department's first.
+    fn claim_department(&self, req: &Request) -> bool {
+        let mut map = self.departments.lock().unwrap();
+        let dept = req.department.as_str();
+        if map.contains_key(dept) {
+            return false;
+        }
+        map.insert(dept.to_string(), Department::Probing(Arc::default()));
+        true
+    }
+
     /// Lets the first row of a department go alone; the department's other rows wait for
     /// its answer, so a department the credentials may not use costs one request, not
     /// `concurrency` of them. Err if the department was refused.
-    async fn department_turn(&self, req: &Request) -> Result<Option<Probe<'_>>, String> {
+    async fn department_turn(
+        &self,
+        req: &Request,
+        claimed: bool,
+    ) -> Result<Option<Probe<'_>>, String> {
         let dept = req.department.as_str();
+        if claimed {
+            return Ok(Some(Probe {
+                dispatcher: self,
+                dept: dept.to_string(),
+            }));
+        }
         loop {
             let notified = {
                 let mut map = self.departments.lock().unwrap();
@@ -500,7 +529,7 @@ impl Dispatcher {
     }
 
     /// Makes the row's attempts.
-    async fn attempts(&self, row: &Admitted) -> Outcome {
+    async fn attempts(&self, row: &Admitted, first_of_department: bool) -> Outcome {
         let req = &row.request;
         let mut attempts = 0u32;
         let mut last_http: Option<u16> = None;
@@ -509,7 +538,7 @@ impl Dispatcher {
         // end as a plain `failed` or `not_sent`, because a rerun would resend it.
         let mut maybe_delivered = false;
         let mut last_why = String::new();
-        let mut probe = match self.department_turn(req).await {
+        let mut probe = match self.department_turn(req, first_of_department).await {
             Ok(probe) => probe,
             Err(why) => return outcome(Status::Failed, refused(why), 0, None, None),
         };

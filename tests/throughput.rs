@@ -178,6 +178,35 @@ async fn a_refused_department_gets_exactly_one_request() {
     );
 }
 
+/// The row that goes alone is the department's first in input order, however the pool
+/// happens to start the rows' tasks.
+#[tokio::test]
+async fn the_probe_is_each_departments_first_row_at_any_concurrency() {
+    let w = World::start().await;
+    let depts: Vec<String> = (1..=40)
+        .map(|i| format!("{i:08x}-0000-4000-8000-{i:012x}"))
+        .collect();
+    let mut input = Vec::new();
+    for (i, dept) in depts.iter().enumerate() {
+        input.push(format!("{dept},noauth-{i},,"));
+        input.push(format!("{dept},ok-{i}-a,,"));
+        input.push(format!("{dept},ok-{i}-b,,"));
+    }
+    let input = w.input(&input);
+    // Every probe is refused, which would trip the failure-ratio stop halfway.
+    let config = w.fast_config("max_failure_ratio = 1.0");
+    let config = config.to_str().unwrap();
+    let run = w
+        .send(&input, &["--concurrency", "64", "--config", config])
+        .await;
+    let stats = w.stats();
+    assert_eq!(stats.total_requests, 40, "{:?}", stats.by_invoice);
+    for (i, dept) in depts.iter().enumerate() {
+        assert_eq!(w.received(dept, &format!("noauth-{i}")), 1);
+    }
+    assert_eq!(run.count("failed"), 120);
+}
+
 #[tokio::test]
 async fn a_failing_server_trips_the_failure_ratio_stop() {
     let w = World::with(SimConfig {
