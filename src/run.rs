@@ -355,7 +355,14 @@ pub async fn send(mut config: Config) -> Result<Summary> {
             "RUNNING WITHOUT A LEDGER: nothing remembers what this run sends; running it again WILL notify customers twice"
         );
     }
-    let ledger = Ledger::open(&config.ledger, &config.base_url, &config.input)?;
+    // The built-in simulator listens on a new port each run; one stable name scopes its
+    // sends, so that `--simulate --ledger` rehearses a rerun too.
+    let target = if config.simulate {
+        "built-in simulator"
+    } else {
+        config.base_url.as_str()
+    };
+    let ledger = Ledger::open(&config.ledger, target, &config.input)?;
     let ledger_path = match &config.ledger {
         LedgerChoice::At(p) => Some(p.clone()),
         LedgerChoice::Throwaway => None,

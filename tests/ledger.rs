@@ -412,3 +412,26 @@ async fn a_schema_1_ledger_is_upgraded_and_its_memory_kept() {
         .unwrap();
     assert_eq!(status, "sent");
 }
+
+/// The built-in simulator gets a new port each run; a rehearsal with a ledger still
+/// rehearses the rerun.
+#[tokio::test]
+async fn simulate_with_a_ledger_rehearses_the_rerun() {
+    let w = World::start().await;
+    let input = w.input(&rows(DEPT, "ok-", 3));
+    let simulate = |input: &std::path::Path| {
+        let mut cmd = w.command();
+        cmd.arg("send")
+            .arg(input)
+            .args(["--simulate", "--yes", "--no-progress", "--ledger"])
+            .arg(w.ledger())
+            .arg("--out")
+            .arg(w.path("results.csv"));
+        cmd
+    };
+    let first = simulate(&input).output().await.unwrap();
+    assert_eq!(first.status.code(), Some(0));
+    let second = w.finish(simulate(&input).output().await.unwrap());
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(second.statuses(), ["skipped", "skipped", "skipped"]);
+}
