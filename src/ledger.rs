@@ -183,21 +183,21 @@ impl Ledger {
         let durable = temp.is_none();
         let mut conn = open_connection(&path, durable)
             .with_context(|| format!("ledger {} cannot be used", path.display()))?;
-        fold_unfinished(&mut conn)
-            .with_context(|| format!("ledger {} cannot be written", path.display()))?;
+        let unwritable = || format!("ledger {} cannot be written", path.display());
+        fold_unfinished(&mut conn).with_context(unwritable)?;
         let now = Utc::now().timestamp_millis();
         conn.execute(
             "INSERT INTO runs (started_ms, pid, input, target, folded) VALUES (?1, ?2, ?3, ?4, 0)",
             params![now, std::process::id(), input.display().to_string(), target],
         )
-        .with_context(|| format!("ledger {} cannot be written", path.display()))?;
+        .with_context(unwritable)?;
         let run_id = conn.last_insert_rowid();
         for table in ["results", "marks", "outcomes"] {
             conn.execute(
                 &format!("DELETE FROM {table} WHERE id < ?1"),
                 params![row_id(run_id - RUNS_KEPT + 1, 0)],
             )
-            .with_context(|| format!("ledger {} cannot be written", path.display()))?;
+            .with_context(unwritable)?;
         }
         // The file SQLite appends every commit to; it exists once anything was written.
         let wal = match (durable, conn.path()) {
@@ -240,7 +240,7 @@ impl Ledger {
         let flusher = match &self.wal {
             Some(wal) => {
                 self.conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
-                Some(Flusher::spawn(wal.try_clone()?)?)
+                Some(Flusher::spawn(wal)?)
             }
             None => None,
         };
@@ -450,11 +450,10 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          completed_at TEXT NOT NULL DEFAULT ''
      );
      CREATE INDEX results_key ON results (run_id, dept, invoice);",
-    // 2: marks go to `results` and are folded into `sends` per run. Runs written by
-    // schema 1 already updated `sends` as they went, so they count as folded.
-    // Marks and outcomes get narrow tables of their own, keyed like `results`: a commit then
-    // appends a few small rows at the right edge of two b-trees instead of rewriting the
-    // pages of every scattered row it touched, which more than halves what each flush writes.
+    // 2: marks and outcomes get narrow tables of their own, keyed like `results`: a commit
+    // then appends a few small rows at the right edge of two b-trees instead of rewriting
+    // the pages of every scattered row it touched. `sends` is folded from them once per run;
+    // runs written by schema 1 updated `sends` as they went, so they count as folded.
     "ALTER TABLE runs ADD COLUMN folded INTEGER NOT NULL DEFAULT 1;
      CREATE TABLE marks (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
      CREATE TABLE outcomes (
@@ -814,7 +813,7 @@ struct Flusher {
 const FLUSHERS: usize = 2;
 
 impl Flusher {
-    fn spawn(wal: File) -> Result<Flusher> {
+    fn spawn(wal: &File) -> Result<Flusher> {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<Cmd>>();
         let rx = Arc::new(Mutex::new(rx));
         let failed = Arc::new(Mutex::new(None::<String>));
