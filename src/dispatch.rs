@@ -415,13 +415,10 @@ impl Dispatcher {
     /// here, in input order, rather than when the row's task first runs: tasks start in any
     /// order, and the row that goes alone must be the department's first.
     fn claim_department(&self, req: &Request) -> bool {
-        let mut map = self.departments.lock().unwrap();
-        let dept = req.department.as_str();
-        if map.contains_key(dept) {
-            return false;
-        }
-        map.insert(dept.to_string(), Department::Probing(Arc::default()));
-        true
+        claim(
+            &mut self.departments.lock().unwrap(),
+            req.department.as_str(),
+        )
     }
 
     /// Lets the first row of a department go alone; the department's other rows wait for
@@ -433,27 +430,21 @@ impl Dispatcher {
         claimed: bool,
     ) -> Result<Option<Probe<'_>>, String> {
         let dept = req.department.as_str();
-        if claimed {
-            return Ok(Some(Probe {
-                dispatcher: self,
-                dept: dept.to_string(),
-            }));
-        }
         loop {
             let notified = {
                 let mut map = self.departments.lock().unwrap();
-                match map.get(dept) {
-                    None => {
-                        map.insert(dept.to_string(), Department::Probing(Arc::default()));
-                        return Ok(Some(Probe {
-                            dispatcher: self,
-                            dept: dept.to_string(),
-                        }));
-                    }
-                    Some(Department::Open) => return Ok(None),
-                    Some(Department::Refused(why)) => return Err(why.clone()),
+                // Unclaimed again if the last probe said nothing about authorisation.
+                if claimed || claim(&mut map, dept) {
+                    return Ok(Some(Probe {
+                        dispatcher: self,
+                        dept: dept.to_string(),
+                    }));
+                }
+                match &map[dept] {
+                    Department::Open => return Ok(None),
+                    Department::Refused(why) => return Err(why.clone()),
                     // Registered before the lock is released, so a wake-up cannot be missed.
-                    Some(Department::Probing(notify)) => notify.clone().notified_owned(),
+                    Department::Probing(notify) => notify.clone().notified_owned(),
                 }
             };
             tokio::select! {
@@ -701,6 +692,16 @@ enum Department {
 /// Held by the row probing a department. Dropped without `open` (refused, or the row
 /// ended without an answer), it hands the probe to the next waiting row unless the
 /// department was marked refused.
+/// Registers the department as being probed unless it is known already; true if the caller
+/// is now its probe.
+fn claim(departments: &mut HashMap<String, Department>, dept: &str) -> bool {
+    if departments.contains_key(dept) {
+        return false;
+    }
+    departments.insert(dept.to_string(), Department::Probing(Arc::default()));
+    true
+}
+
 struct Probe<'a> {
     dispatcher: &'a Dispatcher,
     dept: String,
