@@ -83,10 +83,9 @@ async fn reruns_retry_failed_invalid_and_keep_unknown_until_asked() {
 async fn the_dedupe_window_expires() {
     let w = World::start().await;
     let input = w.input(&[&format!("{DEPT},ok-1,,")]);
-    let config = w.fast_config("dedupe_window = \"1ms\"");
-    let config = config.to_str().unwrap();
-    w.send(&input, &["--config", config]).await;
-    let again = w.send(&input, &["--config", config]).await;
+    let window = "dedupe_window = \"1ms\"";
+    w.send_with_config(&input, window, &[]).await;
+    let again = w.send_with_config(&input, window, &[]).await;
     assert_eq!(again.statuses(), ["sent"]);
     assert_eq!(w.received(DEPT, "ok-1"), 2);
 }

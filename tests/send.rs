@@ -116,10 +116,8 @@ async fn config_defaults_apply_to_blank_cells() {
         "in.csv",
         format!("department_uuid,invoice_guid,send_as_text\n{DEPT},ok-1,\n"),
     );
-    let config = w.fast_config("[defaults]\nsend_as_text = false\nesign_required = true\n");
-    let run = w
-        .send(&input, &["--config", config.to_str().unwrap()])
-        .await;
+    let config = "[defaults]\nsend_as_text = false\nesign_required = true\n";
+    let run = w.send_with_config(&input, config, &[]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let body = &w.stats().recent[0].body;
     assert_eq!(body["sendAsText"], false);
@@ -133,11 +131,8 @@ async fn header_variants_and_column_mapping_are_recognised() {
         "in.csv",
         format!("Dept,Invoice #,Send As Text,SEND_AS_EMAIL,attachInvoice\n{DEPT},ok-1,no,yes,no\n"),
     );
-    let config =
-        w.fast_config("[columns]\ndepartment_uuid = \"Dept\"\ninvoice_guid = \"invoice #\"\n");
-    let run = w
-        .send(&input, &["--config", config.to_str().unwrap()])
-        .await;
+    let config = "[columns]\ndepartment_uuid = \"Dept\"\ninvoice_guid = \"invoice #\"\n";
+    let run = w.send_with_config(&input, config, &[]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let rec = &w.stats().recent[0];
     assert_eq!(rec.key, format!("{DEPT}/ok-1"));

@@ -96,18 +96,11 @@ async fn ambiguous_failures_are_retried_only_when_allowed() {
     })
     .await;
     let input = w.input(&[&format!("{DEPT},err500-1,,"), &format!("{DEPT},slow-2,,")]);
-    let config = w.fast_config("retry_ambiguous = true");
     let run = w
-        .send(
+        .send_with_config(
             &input,
-            &[
-                "--timeout",
-                "0.3",
-                "--max-attempts",
-                "3",
-                "--config",
-                config.to_str().unwrap(),
-            ],
+            "retry_ambiguous = true",
+            &["--timeout", "0.3", "--max-attempts", "3"],
         )
         .await;
     for inv in ["err500-1", "slow-2"] {
@@ -194,10 +187,8 @@ async fn the_probe_is_each_departments_first_row_at_any_concurrency() {
     }
     let input = w.input(&input);
     // Every probe is refused, which would trip the failure-ratio stop halfway.
-    let config = w.fast_config("max_failure_ratio = 1.0");
-    let config = config.to_str().unwrap();
     let run = w
-        .send(&input, &["--concurrency", "64", "--config", config])
+        .send_with_config(&input, "max_failure_ratio = 1.0", &["--concurrency", "64"])
         .await;
     let stats = w.stats();
     assert_eq!(stats.total_requests, 40, "{:?}", stats.by_invoice);
@@ -216,18 +207,11 @@ async fn a_failing_server_trips_the_failure_ratio_stop() {
     })
     .await;
     let input = w.input(&rows(DEPT, "inv-", 300));
-    let config = w.fast_config("retry_after_max = \"50ms\"\nmin_attempts_for_ratio = 20");
     let run = w
-        .send(
+        .send_with_config(
             &input,
-            &[
-                "--max-attempts",
-                "2",
-                "--concurrency",
-                "4",
-                "--config",
-                config.to_str().unwrap(),
-            ],
+            "retry_after_max = \"50ms\"\nmin_attempts_for_ratio = 20",
+            &["--max-attempts", "2", "--concurrency", "4"],
         )
         .await;
     assert_eq!(run.code, 3, "{}", run.stderr);

@@ -146,6 +146,14 @@ impl World {
         )
     }
 
+    /// `send` with `config` (TOML) added to the fast config, plus `extra` flags.
+    pub async fn send_with_config(&self, input: &Path, config: &str, extra: &[&str]) -> Run {
+        let config = self.fast_config(config);
+        let mut args = vec!["--config", config.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.send(input, &args).await
+    }
+
     pub async fn send(&self, input: &Path, extra: &[&str]) -> Run {
         let _ = std::fs::remove_file(self.path("results.csv"));
         let _ = std::fs::remove_file(self.path("summary.json"));
