@@ -7,7 +7,7 @@
 //! cargo bench --bench dispatch -- send  --rows 1000 --rate 50
 //! cargo bench --bench dispatch -- send  --rows 2000 --rate 0 --concurrency 32 --latency 100
 //! cargo bench --bench dispatch -- send  --rows 100000 --rate 0 --concurrency 64 [--no-ledger]
-//! cargo bench --bench dispatch -- overhead --loops 15 --rows 50000 --rate 0 --concurrency 64
+//! cargo bench --bench dispatch -- overhead --loops 21 --rows 10000 --rate 0 --concurrency 64
 //! cargo bench --bench dispatch -- raw   --rows 100000 --concurrency 64   (no pipeline: bare reqwest)
 //! cargo bench --bench dispatch -- kill  --loops 20 --rows 2000 --rate 200
 //! ```
