@@ -252,6 +252,8 @@ pub enum InputError {
 struct Tail<R> {
     inner: R,
     delivered: u64,
+    /// The file has been read to its end.
+    eof: bool,
     cur: Vec<u8>,
     prev: Vec<u8>,
 }
@@ -259,6 +261,7 @@ struct Tail<R> {
 impl<R: Read> Read for Tail<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.eof |= n == 0 && !buf.is_empty();
         if n > 0 {
             std::mem::swap(&mut self.cur, &mut self.prev);
             self.cur.clear();
@@ -315,6 +318,7 @@ impl InputReader {
         let tail = Tail {
             inner: file,
             delivered: 0,
+            eof: false,
             cur: Vec::new(),
             prev: Vec::new(),
         };
@@ -342,6 +346,13 @@ impl InputReader {
             if !is_blank(&headers) {
                 break;
             }
+        }
+        if me.runaway_quote(&headers) {
+            return Err(InputError::Csv {
+                line: me.start_line(&headers, true),
+                path: me.path,
+                message: "a quote opened in the header line is never closed, so the whole file was read as the header; add the missing quote".into(),
+            });
         }
         me.index = me.map_columns(&headers, opts)?;
         me.headers = headers;
@@ -441,16 +452,48 @@ impl InputReader {
         }
     }
 
+    /// csv-core ends a quoted cell that is never closed at the end of the file without an
+    /// error, so one missing quote silently swallows every line after it into one cell, and
+    /// those rows would never be sent or reported. Such a cell holds a line break (an
+    /// unquoted one cannot), is the last cell of the file, and is not followed by a closing
+    /// quote: the file ends in an even run of quotes (escaped ones) rather than an odd one.
+    fn runaway_quote(&self, raw: &ByteRecord) -> bool {
+        let Some(cell) = raw.iter().next_back() else {
+            return false;
+        };
+        let tail = self.rdr.get_ref();
+        let end = self.rdr.position().byte();
+        if !cell.iter().any(|&b| b == b'\n' || b == b'\r') || !tail.eof || end != tail.delivered {
+            return false;
+        }
+        let mut pos = end;
+        while pos > 0 && matches!(tail.byte_at(pos - 1), Some(b'\n' | b'\r')) {
+            pos -= 1;
+        }
+        let mut quotes = 0;
+        while pos > 0 && tail.byte_at(pos - 1) == Some(b'"') {
+            quotes += 1;
+            pos -= 1;
+        }
+        quotes % 2 == 0
+    }
+
     /// Line where `raw` (just read) starts: the parser's current line, minus the newlines
-    /// inside quoted cells, minus the record's own LF terminator if it was consumed.
-    fn start_line(&self, raw: &ByteRecord) -> u64 {
-        let end = self.rdr.position();
+    /// inside quoted cells, minus the record's own LF terminator if it was consumed (a
+    /// runaway cell has none: its last LF is inside it).
+    fn start_line(&self, raw: &ByteRecord, runaway: bool) -> u64 {
         let inner = raw.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
-        let ended_on_lf =
-            end.byte() > 0 && self.rdr.get_ref().byte_at(end.byte() - 1) == Some(b'\n');
-        end.line()
-            .saturating_sub(inner + u64::from(ended_on_lf))
+        let terminator = if runaway { 0 } else { self.ended_on_lf() };
+        self.rdr
+            .position()
+            .line()
+            .saturating_sub(inner + terminator)
             .max(1)
+    }
+
+    fn ended_on_lf(&self) -> u64 {
+        let end = self.rdr.position().byte();
+        u64::from(end > 0 && self.rdr.get_ref().byte_at(end - 1) == Some(b'\n'))
     }
 
     /// Reads the next data record into `raw` (cells as in the file, short rows padded with empty
@@ -463,11 +506,24 @@ impl InputReader {
             if is_blank(raw) {
                 continue;
             }
-            let line = self.start_line(raw);
+            let runaway = self.runaway_quote(raw);
+            let line = self.start_line(raw, runaway);
             let seq = self.seq;
             self.seq += 1;
             let width = self.headers.len();
-            let parsed = if raw.len() > width {
+            let parsed = if runaway {
+                let last_line = self.rdr.position().line() - self.ended_on_lf();
+                let reason = format!(
+                    "a quote opened in this cell is never closed, so lines {line} to {last_line} (the rest of the file) were read as this one cell and none of them is sent; add the missing quote and run again"
+                );
+                let last = raw.len() - 1;
+                let column = self.headers.get(last).unwrap_or(b"(row)");
+                Err(Invalid::new(
+                    String::from_utf8_lossy(column).into_owned(),
+                    &raw[last],
+                    reason,
+                ))
+            } else if raw.len() > width {
                 let reason = format!(
                     "has {} cells but the header has {width} (a quote may be missing)",
                     raw.len()
@@ -790,6 +846,46 @@ mod tests {
             ("a,b", "i\"2")
         );
         assert_eq!(rows[1].1, ["d2", "i\"2", "multi\nline\r\nnote"]);
+    }
+
+    #[test]
+    fn a_quote_never_closed_is_caught_however_the_file_ends() {
+        let head = "department_uuid,invoice_guid,note\n";
+        // Closed multi-line cells at the end of the file, with or without a final line
+        // break, ending in an escaped quote or followed by blank lines: fine.
+        for tail in [
+            "d,i,\"a\nb\"",
+            "d,i,\"a\nb\"\n",
+            "d,i,\"a\nb\"\"\"\r\n",
+            "d,i,\"a\n\"\n\n\n",
+            "d,i,unquoted",
+        ] {
+            let rows = read(&format!("{head}{tail}"));
+            assert!(rows[0].0.parsed.is_ok(), "{tail:?}");
+        }
+        // Never closed: the cell runs to the end of the file, whatever it ends with.
+        for tail in [
+            "d,i,\"a\nd,j,x\n",
+            "d,i,\"a\nd,j,x",
+            "d,i,\"a\r\nd,j,\"\"x\"\"\r\n",
+            "d,i,\"a\n\n",
+        ] {
+            let rows = read(&format!("{head}{tail}"));
+            assert_eq!(rows.len(), 1, "{tail:?}");
+            assert_eq!(rows[0].0.line, 2, "{tail:?}");
+            let (column, _, reason) = bad(&rows[0]);
+            assert_eq!(column, "note");
+            assert!(reason.contains("lines 2 to 3 "), "{tail:?}: {reason}");
+        }
+        // In the header line, nothing after it can be trusted.
+        let (e, msg) = fatal(
+            b"department_uuid,invoice_guid,\"note\nd,i,x\n",
+            &InputOptions::default(),
+        );
+        assert!(
+            matches!(e, InputError::Csv { line: 1, .. }) && msg.contains("never closed"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -381,6 +381,42 @@ async fn validate_lists_bad_rows_with_line_column_and_value_and_exits_2() {
 }
 
 #[tokio::test]
+async fn a_quote_never_closed_cannot_swallow_the_rows_after_it() {
+    let w = World::start().await;
+    // Line 3 opens a quote in its last cell and never closes it: csv reads lines 3-5 as
+    // one row, whose last cell holds the other two.
+    let input = w.write(
+        "in.csv",
+        format!(
+            "department_uuid,invoice_guid,note\n{DEPT},ok-1,fine\n{DEPT},ok-2,\"5 inch screen\n{DEPT},ok-3,x\n{DEPT2},ok-4,y\n"
+        ),
+    );
+    let run = w.send(&input, &[]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(run.statuses(), ["sent", "invalid"]);
+    let message = &run.row("ok-2")["message"];
+    assert!(
+        message.contains("line 3") && message.contains("lines 3 to 5") && message.contains("note"),
+        "{message}"
+    );
+    assert_eq!(w.stats().total_requests, 1);
+    assert_eq!(w.received(DEPT, "ok-3") + w.received(DEPT2, "ok-4"), 0);
+    // The header line is no different: nothing is sent and the run says why.
+    let input = w.write(
+        "header.csv",
+        format!("department_uuid,invoice_guid,\"note\n{DEPT},ok-5,x\n"),
+    );
+    let run = w.send(&input, &[]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("header.csv:1") && run.stderr.contains("never closed"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.stats().total_requests, 1);
+}
+
+#[tokio::test]
 async fn a_missing_required_column_is_fatal_before_anything_is_sent() {
     let w = World::start().await;
     let input = w.write("in.csv", format!("department_uuid,invoice\n{DEPT},ok-1\n"));
