@@ -246,14 +246,53 @@ pub enum InputError {
     },
 }
 
+/// What [`scan_quotes`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quotes {
+    Fine,
+    /// A quoted cell's closing quote is followed by something other than a delimiter or a
+    /// line end: the quote that opened it was most likely a stray one.
+    StrayClose,
+    /// The file ends inside a quoted cell.
+    NeverClosed,
+}
+
+/// Checks one record as it is in the file: every quoted cell must close right before a
+/// delimiter, a line end or the end of the file (a doubled quote inside is one quote).
+fn scan_quotes(bytes: &[u8], delimiter: u8) -> Quotes {
+    #[derive(Clone, Copy)]
+    enum At {
+        CellStart,
+        Unquoted,
+        Quoted,
+        QuoteInQuoted,
+    }
+    let ends_cell = |b: u8| b == delimiter || b == b'\n' || b == b'\r';
+    let mut at = At::CellStart;
+    for &b in bytes {
+        at = match at {
+            At::CellStart if b == b'"' => At::Quoted,
+            At::CellStart | At::Unquoted if ends_cell(b) => At::CellStart,
+            At::CellStart | At::Unquoted => At::Unquoted,
+            At::Quoted if b == b'"' => At::QuoteInQuoted,
+            At::Quoted => At::Quoted,
+            At::QuoteInQuoted if b == b'"' => At::Quoted,
+            At::QuoteInQuoted if ends_cell(b) => At::CellStart,
+            At::QuoteInQuoted => return Quotes::StrayClose,
+        };
+    }
+    match at {
+        At::Quoted => Quotes::NeverClosed,
+        _ => Quotes::Fine,
+    }
+}
+
 /// Keeps the last two chunks handed to csv, so the byte before the parser's position can be
 /// looked up. csv's own record line points at any blank lines skipped before the record (and
 /// at the pending LF of a CRLF), so the start line is computed backwards from the record's end.
 struct Tail<R> {
     inner: R,
     delivered: u64,
-    /// The file has been read to its end.
-    eof: bool,
     cur: Vec<u8>,
     prev: Vec<u8>,
 }
@@ -261,7 +300,6 @@ struct Tail<R> {
 impl<R: Read> Read for Tail<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.eof |= n == 0 && !buf.is_empty();
         if n > 0 {
             std::mem::swap(&mut self.cur, &mut self.prev);
             self.cur.clear();
@@ -293,6 +331,8 @@ const BUF: usize = if cfg!(test) { 7 } else { 64 * 1024 };
 pub struct InputReader {
     path: PathBuf,
     rdr: csv::Reader<Tail<File>>,
+    /// The same file, for reading a record again (see `check_quotes`).
+    again: File,
     headers: ByteRecord,
     delimiter: u8,
     had_bom: bool,
@@ -309,6 +349,7 @@ impl InputReader {
             source,
         };
         let mut file = File::open(path).map_err(io_err)?;
+        let again = File::open(path).map_err(io_err)?;
         let (had_bom, sniffed) = sniff(&mut file).map_err(io_err)?;
         // The BOM is skipped here rather than left to csv-core, which only strips it when
         // its first buffer happens to hold all three bytes.
@@ -318,7 +359,6 @@ impl InputReader {
         let tail = Tail {
             inner: file,
             delivered: 0,
-            eof: false,
             cur: Vec::new(),
             prev: Vec::new(),
         };
@@ -331,6 +371,7 @@ impl InputReader {
         let mut me = InputReader {
             path: path.to_owned(),
             rdr,
+            again,
             headers: ByteRecord::new(),
             delimiter,
             had_bom,
@@ -347,11 +388,12 @@ impl InputReader {
                 break;
             }
         }
-        if me.runaway_quote(&headers) {
+        let quotes = me.check_quotes(&headers)?;
+        if quotes != Quotes::Fine {
             return Err(InputError::Csv {
-                line: me.start_line(&headers, true),
+                line: me.start_line(&headers, quotes),
                 path: me.path,
-                message: "a quote opened in the header line is never closed, so the whole file was read as the header; add the missing quote".into(),
+                message: "a quote in the header line is not closed where its cell ends, so lines after it were read as part of the header; check the quotes".into(),
             });
         }
         me.index = me.map_columns(&headers, opts)?;
@@ -452,38 +494,40 @@ impl InputReader {
         }
     }
 
-    /// csv-core ends a quoted cell that is never closed at the end of the file without an
-    /// error, so one missing quote silently swallows every line after it into one cell, and
-    /// those rows would never be sent or reported. Such a cell holds a line break (an
-    /// unquoted one cannot), is the last cell of the file, and is not followed by a closing
-    /// quote: the file ends in an even run of quotes (escaped ones) rather than an odd one.
-    fn runaway_quote(&self, raw: &ByteRecord) -> bool {
-        let Some(cell) = raw.iter().next_back() else {
-            return false;
-        };
-        let tail = self.rdr.get_ref();
+    /// csv-core reads broken quoting without an error: a quote opened and never closed
+    /// takes every line up to the next quote, or to the end of the file, into one cell, and
+    /// the rows on those lines would be neither sent nor reported. Only a record with a line
+    /// break inside a cell can have swallowed lines, so only those (rare) records are read
+    /// again from the file and checked.
+    fn check_quotes(&self, raw: &ByteRecord) -> Result<Quotes, InputError> {
+        if !raw.as_slice().iter().any(|&b| b == b'\n' || b == b'\r') {
+            return Ok(Quotes::Fine);
+        }
+        let start = raw.position().map_or(0, |p| p.byte());
         let end = self.rdr.position().byte();
-        if !cell.iter().any(|&b| b == b'\n' || b == b'\r') || !tail.eof || end != tail.delivered {
-            return false;
-        }
-        let mut pos = end;
-        while pos > 0 && matches!(tail.byte_at(pos - 1), Some(b'\n' | b'\r')) {
-            pos -= 1;
-        }
-        let mut quotes = 0;
-        while pos > 0 && tail.byte_at(pos - 1) == Some(b'"') {
-            quotes += 1;
-            pos -= 1;
-        }
-        quotes % 2 == 0
+        let bom = if self.had_bom { 3 } else { 0 };
+        let mut bytes = Vec::new();
+        let mut again = &self.again;
+        again
+            .seek(SeekFrom::Start(start + bom))
+            .and_then(|_| again.take(end - start).read_to_end(&mut bytes))
+            .map_err(|source| InputError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(scan_quotes(&bytes, self.delimiter))
     }
 
     /// Line where `raw` (just read) starts: the parser's current line, minus the newlines
-    /// inside quoted cells, minus the record's own LF terminator if it was consumed (a
-    /// runaway cell has none: its last LF is inside it).
-    fn start_line(&self, raw: &ByteRecord, runaway: bool) -> u64 {
+    /// inside quoted cells, minus the record's own LF terminator if it was consumed (a cell
+    /// never closed has none: its last LF is inside it).
+    fn start_line(&self, raw: &ByteRecord, quotes: Quotes) -> u64 {
         let inner = raw.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
-        let terminator = if runaway { 0 } else { self.ended_on_lf() };
+        let terminator = if quotes == Quotes::NeverClosed {
+            0
+        } else {
+            self.ended_on_lf()
+        };
         self.rdr
             .position()
             .line()
@@ -506,21 +550,28 @@ impl InputReader {
             if is_blank(raw) {
                 continue;
             }
-            let runaway = self.runaway_quote(raw);
-            let line = self.start_line(raw, runaway);
+            let quotes = self.check_quotes(raw)?;
+            let line = self.start_line(raw, quotes);
             let seq = self.seq;
             self.seq += 1;
             let width = self.headers.len();
-            let parsed = if runaway {
+            let parsed = if quotes != Quotes::Fine {
                 let last_line = self.rdr.position().line() - self.ended_on_lf();
-                let reason = format!(
-                    "a quote opened in this cell is never closed, so lines {line} to {last_line} (the rest of the file) were read as this one cell and none of them is sent; add the missing quote and run again"
-                );
-                let last = raw.len() - 1;
-                let column = self.headers.get(last).unwrap_or(b"(row)");
+                let (cell, reason) = match quotes {
+                    Quotes::NeverClosed => (raw.len() - 1, format!(
+                        "a quote opened in this cell is never closed, so lines {line} to {last_line} (the rest of the file) were read as this one cell and none of them is sent; add the missing quote and run again"
+                    )),
+                    _ => (
+                        raw.iter().position(|c| c.contains(&b'\n') || c.contains(&b'\r')).unwrap_or(0),
+                        format!(
+                            "a quote in this cell does not close where the cell ends, so lines {line} to {last_line} were read as one row and none of them is sent; check the quotes and run again"
+                        ),
+                    ),
+                };
+                let column = self.headers.get(cell).unwrap_or(b"(row)");
                 Err(Invalid::new(
                     String::from_utf8_lossy(column).into_owned(),
-                    &raw[last],
+                    &raw[cell],
                     reason,
                 ))
             } else if raw.len() > width {
@@ -849,7 +900,7 @@ mod tests {
     }
 
     #[test]
-    fn a_quote_never_closed_is_caught_however_the_file_ends() {
+    fn a_quote_that_swallows_lines_makes_its_row_invalid() {
         let head = "department_uuid,invoice_guid,note\n";
         // Closed multi-line cells at the end of the file, with or without a final line
         // break, ending in an escaped quote or followed by blank lines: fine.
@@ -877,13 +928,23 @@ mod tests {
             assert_eq!(column, "note");
             assert!(reason.contains("lines 2 to 3 "), "{tail:?}: {reason}");
         }
+        // Mid-file, the swallowing ends at the next quote, which is then followed by
+        // something a closing quote never is.
+        let rows = read(&format!(
+            "{head}d,i,\"5 inch\nd,j,x\nd,k,\"y\"\nd,l,\"multi\nline\"\n"
+        ));
+        assert_eq!(lines(&rows), [2, 5]);
+        let (column, _, reason) = bad(&rows[0]);
+        assert_eq!(column, "note");
+        assert!(reason.contains("lines 2 to 4 "), "{reason}");
+        assert!(rows[1].0.parsed.is_ok());
         // In the header line, nothing after it can be trusted.
         let (e, msg) = fatal(
             b"department_uuid,invoice_guid,\"note\nd,i,x\n",
             &InputOptions::default(),
         );
         assert!(
-            matches!(e, InputError::Csv { line: 1, .. }) && msg.contains("never closed"),
+            matches!(e, InputError::Csv { line: 1, .. }) && msg.contains("not closed"),
             "{msg}"
         );
     }

@@ -409,7 +409,7 @@ async fn a_quote_never_closed_cannot_swallow_the_rows_after_it() {
     let run = w.send(&input, &[]).await;
     assert_eq!(run.code, 1);
     assert!(
-        run.stderr.contains("header.csv:1") && run.stderr.contains("never closed"),
+        run.stderr.contains("header.csv:1") && run.stderr.contains("not closed"),
         "{}",
         run.stderr
     );
