@@ -209,8 +209,11 @@ pub struct InputOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("cannot read {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    // Not called `source`: the reason is in the message, and a source would print it twice.
+    #[error("cannot read {}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{}: not a regular file (a folder or a pipe?); the input is read more than once, so save it to a file first", path.display())]
+    NotAFile { path: PathBuf },
     #[error("{}: the file is empty (no header line)", path.display())]
     Empty { path: PathBuf },
     #[error(
@@ -344,11 +347,16 @@ pub struct InputReader {
 
 impl InputReader {
     pub fn open(path: &Path, opts: &InputOptions) -> Result<InputReader, InputError> {
-        let io_err = |source| InputError::Io {
+        let io_err = |error| InputError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let mut file = File::open(path).map_err(io_err)?;
+        if !file.metadata().map_err(io_err)?.is_file() {
+            return Err(InputError::NotAFile {
+                path: path.to_owned(),
+            });
+        }
         let again = File::open(path).map_err(io_err)?;
         let (had_bom, sniffed) = sniff(&mut file).map_err(io_err)?;
         // The BOM is skipped here rather than left to csv-core, which only strips it when
@@ -483,7 +491,7 @@ impl InputReader {
             Err(e) => {
                 let (path, line) = (self.path.clone(), self.rdr.position().line());
                 Err(match e.into_kind() {
-                    csv::ErrorKind::Io(source) => InputError::Io { path, source },
+                    csv::ErrorKind::Io(error) => InputError::Io { path, error },
                     kind => InputError::Csv {
                         path,
                         line,
@@ -511,9 +519,9 @@ impl InputReader {
         again
             .seek(SeekFrom::Start(start + bom))
             .and_then(|_| again.take(end - start).read_to_end(&mut bytes))
-            .map_err(|source| InputError::Io {
+            .map_err(|error| InputError::Io {
                 path: self.path.clone(),
-                source,
+                error,
             })?;
         Ok(scan_quotes(&bytes, self.delimiter))
     }

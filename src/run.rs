@@ -223,10 +223,16 @@ fn check_output(out: &Path) -> Result<()> {
         .prefix(".invoice-dispatch-check-")
         .tempfile_in(dir)
         .map(drop)
-        .with_context(|| {
-            format!(
-                "cannot write results to {} (folder not writable?)",
-                out.display()
+        .map_err(|e| {
+            // tempfile's error names its own probe file, which would only confuse.
+            let reason = match e.kind() {
+                std::io::ErrorKind::NotFound => "no such folder".to_string(),
+                kind => kind.to_string(),
+            };
+            anyhow::anyhow!(
+                "cannot write results to {}: {reason} (in {})",
+                out.display(),
+                dir.display()
             )
         })
 }

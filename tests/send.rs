@@ -455,11 +455,35 @@ async fn unreadable_empty_and_unknown_config_inputs_exit_1_with_the_reason() {
     let run = w.send(&w.path("missing.csv"), &[]).await;
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("missing.csv"), "{}", run.stderr);
+    // The reason once, not repeated by the error chain.
+    assert_eq!(
+        run.stderr.matches("os error 2").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    let folder = w.path("folder.csv");
+    std::fs::create_dir(&folder).unwrap();
+    let run = w.send(&folder, &[]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("folder.csv: not a regular file"),
+        "{}",
+        run.stderr
+    );
     let empty = w.write("empty.csv", "");
     let run = w.send(&empty, &[]).await;
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("empty.csv"), "{}", run.stderr);
     let input = w.input(&[&format!("{DEPT},ok-1,,")]);
+    let nowhere = w.path("no-such-folder").join("out.csv");
+    let run = w.send(&input, &["--out", nowhere.to_str().unwrap()]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("out.csv: no such folder") && !run.stderr.contains("check-"),
+        "{}",
+        run.stderr
+    );
     let bad = w.write("bad.toml", "rate = 5\nrtae = 10\n");
     let run = w.send(&input, &["--config", bad.to_str().unwrap()]).await;
     assert_eq!(run.code, 1);
