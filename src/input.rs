@@ -582,13 +582,21 @@ impl InputReader {
                     &raw[cell],
                     reason,
                 ))
-            } else if raw.len() > width {
+            } else if raw.iter().skip(width).any(|cell| !cell.is_empty()) {
                 let reason = format!(
                     "has {} cells but the header has {width} (a quote may be missing)",
                     raw.len()
                 );
-                Err(Invalid::new("(row)".into(), &raw[width], reason))
+                let extra = raw.iter().skip(width).find(|cell| !cell.is_empty());
+                Err(Invalid::new(
+                    "(row)".into(),
+                    extra.unwrap_or_default(),
+                    reason,
+                ))
             } else {
+                // Spreadsheets write empty cells past the last header on every row once any
+                // row had something there: dropping them loses nothing.
+                raw.truncate(width);
                 while raw.len() < width {
                     raw.push_field(b"");
                 }
@@ -1050,11 +1058,13 @@ mod tests {
     }
 
     #[test]
-    fn short_rows_padded_long_rows_invalid() {
+    fn short_rows_padded_long_rows_invalid_unless_the_extra_cells_are_empty() {
         let rows = read(
-            "department_uuid,invoice_guid,send_as_text,note\nd,i\nd,i,no,n,\"extra\",more\nd\n",
+            "department_uuid,invoice_guid,send_as_text,note\nd,i\nd,i,no,n,\"extra\",more\nd\nd,j,no,n,,\n",
         );
         assert_eq!(rows[0].1, ["d", "i", "", ""]);
+        assert_eq!(rows[3].1, ["d", "j", "no", "n"]);
+        assert!(!ok(&rows[3]).flags.send_as_text);
         assert!(ok(&rows[0]).flags.send_as_text);
         let reason = "has 6 cells but the header has 4 (a quote may be missing)";
         assert_eq!(
