@@ -34,6 +34,8 @@ pub struct Summary {
     pub elapsed_seconds: f64,
     pub requests_per_second: f64,
     pub simulation: bool,
+    /// Nothing was sent: the rows counted `not_sent` are those the run would send.
+    pub dry_run: bool,
     pub exit_code: i32,
     pub results: Option<PathBuf>,
     pub ledger: Option<PathBuf>,
@@ -51,6 +53,7 @@ impl Summary {
             elapsed_seconds: round2(started.elapsed().as_secs_f64()),
             requests_per_second: round2(progress.requests_per_second()),
             simulation,
+            dry_run: false,
             exit_code: 0,
             results: None,
             ledger: None,
@@ -64,26 +67,34 @@ impl Summary {
             .iter()
             .filter_map(|s| {
                 let n = self.counts.get(s.as_str()).copied().unwrap_or(0);
-                (n > 0).then(|| format!("{n} {}", s.as_str()))
+                let label = match s {
+                    Status::NotSent if self.dry_run => "would be sent",
+                    s => s.as_str(),
+                };
+                (n > 0).then(|| format!("{n} {label}"))
             })
             .collect();
-        let mut line = format!(
-            "{}{} rows: {}; {} requests in {:.1}s ({:.1} req/s)",
-            if self.simulation {
-                "SIMULATION (nothing sent to myKaarma): "
-            } else {
-                ""
-            },
-            self.rows,
-            if counts.is_empty() {
-                "none".to_string()
-            } else {
-                counts.join(", ")
-            },
-            self.requests,
-            self.elapsed_seconds,
-            self.requests_per_second
-        );
+        let counts = if counts.is_empty() {
+            "none".to_string()
+        } else {
+            counts.join(", ")
+        };
+        let mut line = if self.dry_run {
+            format!("DRY RUN (nothing sent): {} rows: {counts}", self.rows)
+        } else {
+            format!(
+                "{}{} rows: {counts}; {} requests in {:.1}s ({:.1} req/s)",
+                if self.simulation {
+                    "SIMULATION (nothing sent to myKaarma): "
+                } else {
+                    ""
+                },
+                self.rows,
+                self.requests,
+                self.elapsed_seconds,
+                self.requests_per_second
+            )
+        };
         if let Some(stopped) = &self.stopped {
             line.push_str(&format!("; STOPPED: {stopped}"));
         }
@@ -483,6 +494,7 @@ pub async fn send(mut config: Config) -> Result<Summary> {
     }
     let mut summary = Summary::new(&counts, &progress, started, config.simulate);
     summary.exit_code = code;
+    summary.dry_run = config.dry_run;
     summary.stopped = stop_text;
     summary.results = (!config.dry_run).then(|| config.out.clone());
     summary.ledger = ledger_path;

@@ -554,6 +554,13 @@ async fn dry_run_lists_the_requests_and_sends_nothing() {
         lines[0].contains(r#""invoiceGuid":"ok-1""#) && lines[0].contains(r#""sendAsText":false"#)
     );
     assert!(run.rows.is_empty(), "a dry run writes no results file");
+    let last = run.stderr.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("DRY RUN (nothing sent): 3 rows: ")
+            && last.contains("3 rows: 1 invalid, 1 duplicate, 1 would be sent; exit 2"),
+        "{last}"
+    );
+    assert_eq!(run.summary["dry_run"], true);
     assert_eq!(w.stats().total_requests, 0);
 }
 
