@@ -1,6 +1,7 @@
 //! Streaming reader for the input CSV (SPEC section 3): one reused `ByteRecord`, one parse per row.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -343,7 +344,14 @@ pub struct InputReader {
     index: [Option<usize>; 7],
     defaults: Flags,
     seq: u64,
+    /// Departments of the valid rows so far (up to `DEPARTMENTS_KEPT`), to recognise a row
+    /// swallowed into a cell (see `row_inside`).
+    departments: HashSet<String>,
 }
+
+/// Enough for any real export; past it, swallowed rows are recognised by the departments
+/// already kept.
+const DEPARTMENTS_KEPT: usize = 10_000;
 
 impl InputReader {
     pub fn open(path: &Path, opts: &InputOptions) -> Result<InputReader, InputError> {
@@ -386,6 +394,7 @@ impl InputReader {
             index: [None; 7],
             defaults: opts.defaults,
             seq: 0,
+            departments: HashSet::new(),
         };
         let mut headers = ByteRecord::new();
         loop {
@@ -526,6 +535,38 @@ impl InputReader {
         Ok(scan_quotes(&bytes, self.delimiter))
     }
 
+    /// A stray quote that a later line closes at its very end (`27"`) leaves well-formed
+    /// CSV: the lines between are one multi-line cell, and their rows are never sent. The
+    /// syntax cannot tell, so a cell is taken to have swallowed a row when one of its later
+    /// lines reads as a row of this file: a department already seen in it, and an invoice.
+    fn row_inside(&self, raw: &ByteRecord, line: u64) -> Option<Invalid> {
+        if !raw.as_slice().contains(&b'\n') {
+            return None;
+        }
+        let (d, v) = (self.index[0]?, self.index[1]?);
+        let mut at = line;
+        for (i, cell) in raw.iter().enumerate() {
+            for text in cell.split(|&b| b == b'\n').skip(1) {
+                at += 1;
+                let cells: Vec<&[u8]> = text.split(|&b| b == self.delimiter).collect();
+                let read = |j: usize| cells.get(j).and_then(|c| std::str::from_utf8(c).ok());
+                let (Some(dept), Some(invoice)) = (read(d), read(v)) else {
+                    continue;
+                };
+                let known = DepartmentUuid::parse(dept)
+                    .is_ok_and(|dept| self.departments.contains(dept.as_str()));
+                if known && InvoiceGuid::parse(invoice).is_ok() {
+                    let reason = format!(
+                        "line {at} inside this cell reads as a row of its own, so a quote is probably not closed where a cell ends and that row would never be sent; check the quotes and run again"
+                    );
+                    let column = String::from_utf8_lossy(&self.headers[i]).into_owned();
+                    return Some(Invalid::new(column, cell, reason));
+                }
+            }
+        }
+        None
+    }
+
     /// Line where `raw` (just read) starts: the parser's current line, minus the newlines
     /// inside quoted cells, minus the record's own LF terminator if it was consumed (a cell
     /// never closed has none: its last LF is inside it).
@@ -600,7 +641,13 @@ impl InputReader {
                 while raw.len() < width {
                     raw.push_field(b"");
                 }
-                self.parse(raw)
+                self.parse(raw).and_then(|request| {
+                    if self.departments.len() < DEPARTMENTS_KEPT {
+                        self.departments
+                            .insert(request.department.as_str().to_owned());
+                    }
+                    self.row_inside(raw, line).map_or(Ok(request), Err)
+                })
             };
             return Ok(Some(Record { seq, line, parsed }));
         }

@@ -233,6 +233,17 @@ fn a_quote_that_swallows_lines_makes_its_row_invalid() {
     assert_eq!(column, "note");
     assert!(reason.contains("lines 2 to 4 "), "{reason}");
     assert!(rows[1].0.parsed.is_ok());
+    // A later line that closes the stray quote at its very end leaves well-formed CSV;
+    // the swallowed line is recognised as a row (a department seen in the file, an invoice),
+    // and a note that only has commas in it is not.
+    let rows = read(&format!(
+        "{head}d,i,\"5 inch\nd,j,27\"\ne,k,\"Main St, Springfield\nIL, 62701\"\nd,l,x\n"
+    ));
+    assert_eq!(lines(&rows), [2, 4, 6]);
+    let (column, _, reason) = bad(&rows[0]);
+    assert_eq!(column, "note");
+    assert!(reason.starts_with("line 3 inside this cell"), "{reason}");
+    assert!(rows[1].0.parsed.is_ok() && rows[2].0.parsed.is_ok());
     // In the header line, nothing after it can be trusted.
     let (e, msg) = fatal(
         b"department_uuid,invoice_guid,\"note\nd,i,x\n",
