@@ -523,11 +523,11 @@ impl InputReader {
         let start = raw.position().map_or(0, |p| p.byte());
         let end = self.rdr.position().byte();
         let bom = if self.had_bom { 3 } else { 0 };
-        let mut bytes = Vec::new();
+        let mut bytes = vec![0; usize::try_from(end - start).unwrap_or(usize::MAX)];
         let mut again = &self.again;
         again
             .seek(SeekFrom::Start(start + bom))
-            .and_then(|_| again.take(end - start).read_to_end(&mut bytes))
+            .and_then(|_| again.read_exact(&mut bytes))
             .map_err(|error| InputError::Io {
                 path: self.path.clone(),
                 error,
