@@ -689,9 +689,6 @@ enum Department {
     Refused(String),
 }
 
-/// Held by the row probing a department. Dropped without `open` (refused, or the row
-/// ended without an answer), it hands the probe to the next waiting row unless the
-/// department was marked refused.
 /// Registers the department as being probed unless it is known already; true if the caller
 /// is now its probe.
 fn claim(departments: &mut HashMap<String, Department>, dept: &str) -> bool {
@@ -702,6 +699,9 @@ fn claim(departments: &mut HashMap<String, Department>, dept: &str) -> bool {
     true
 }
 
+/// Held by the row probing a department. Dropped without `open` (refused, or the row
+/// ended without an answer), it hands the probe to the next waiting row unless the
+/// department was marked refused.
 struct Probe<'a> {
     dispatcher: &'a Dispatcher,
     dept: String,
