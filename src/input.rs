@@ -1,7 +1,6 @@
 //! Streaming reader for the input CSV (SPEC section 3): one reused `ByteRecord`, one parse per row.
 
-use std::collections::HashMap;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -291,6 +290,11 @@ fn scan_quotes(bytes: &[u8], delimiter: u8) -> Quotes {
     }
 }
 
+/// Only a record with a line break inside a cell can have swallowed other lines.
+fn has_line_break(raw: &ByteRecord) -> bool {
+    raw.as_slice().iter().any(|&b| b == b'\n' || b == b'\r')
+}
+
 /// Keeps the last two chunks handed to csv, so the byte before the parser's position can be
 /// looked up. csv's own record line points at any blank lines skipped before the record (and
 /// at the pending LF of a CRLF), so the start line is computed backwards from the record's end.
@@ -517,7 +521,7 @@ impl InputReader {
     /// break inside a cell can have swallowed lines, so only those (rare) records are read
     /// again from the file and checked.
     fn check_quotes(&self, raw: &ByteRecord) -> Result<Quotes, InputError> {
-        if !raw.as_slice().iter().any(|&b| b == b'\n' || b == b'\r') {
+        if !has_line_break(raw) {
             return Ok(Quotes::Fine);
         }
         let start = raw.position().map_or(0, |p| p.byte());
@@ -540,9 +544,6 @@ impl InputReader {
     /// syntax cannot tell, so a cell is taken to have swallowed a row when one of its later
     /// lines reads as a row of this file: a department already seen in it, and an invoice.
     fn row_inside(&self, raw: &ByteRecord, line: u64) -> Option<Invalid> {
-        if !raw.as_slice().contains(&b'\n') {
-            return None;
-        }
         let (d, v) = (self.index[0]?, self.index[1]?);
         let mut at = line;
         for (i, cell) in raw.iter().enumerate() {
@@ -623,17 +624,12 @@ impl InputReader {
                     &raw[cell],
                     reason,
                 ))
-            } else if raw.iter().skip(width).any(|cell| !cell.is_empty()) {
+            } else if let Some(extra) = raw.iter().skip(width).find(|cell| !cell.is_empty()) {
                 let reason = format!(
                     "has {} cells but the header has {width} (a quote may be missing)",
                     raw.len()
                 );
-                let extra = raw.iter().skip(width).find(|cell| !cell.is_empty());
-                Err(Invalid::new(
-                    "(row)".into(),
-                    extra.unwrap_or_default(),
-                    reason,
-                ))
+                Err(Invalid::new("(row)".into(), extra, reason))
             } else {
                 // Spreadsheets write empty cells past the last header on every row once any
                 // row had something there: dropping them loses nothing.
@@ -642,11 +638,15 @@ impl InputReader {
                     raw.push_field(b"");
                 }
                 self.parse(raw).and_then(|request| {
-                    if self.departments.len() < DEPARTMENTS_KEPT {
-                        self.departments
-                            .insert(request.department.as_str().to_owned());
+                    let dept = request.department.as_str();
+                    if self.departments.len() < DEPARTMENTS_KEPT && !self.departments.contains(dept)
+                    {
+                        self.departments.insert(dept.to_owned());
                     }
-                    self.row_inside(raw, line).map_or(Ok(request), Err)
+                    let swallowed = has_line_break(raw)
+                        .then(|| self.row_inside(raw, line))
+                        .flatten();
+                    swallowed.map_or(Ok(request), Err)
                 })
             };
             return Ok(Some(Record { seq, line, parsed }));
