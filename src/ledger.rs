@@ -244,8 +244,8 @@ impl Ledger {
             }
             None => None,
         };
+        let mut batch = Vec::with_capacity(GROUP_MAX);
         while let Some(first) = rx.blocking_recv() {
-            let mut batch = Vec::with_capacity(GROUP_MAX);
             batch.push(first);
             while batch.len() < GROUP_MAX {
                 match rx.try_recv() {
@@ -259,11 +259,12 @@ impl Ledger {
             // the strength of it. Admissions and outcomes reach the disk with the next
             // flush, which covers every earlier commit; losing them to a power cut before
             // that costs nothing a rerun cannot redo, since no request depended on them.
-            let (marks, rest): (Vec<Cmd>, Vec<Cmd>) = batch
-                .into_iter()
-                .partition(|cmd| matches!(cmd, Cmd::MarkInFlight { .. }));
-            for cmd in rest {
-                cmd.answer(failed.clone());
+            let mut marks = Vec::new();
+            for cmd in batch.drain(..) {
+                match cmd {
+                    Cmd::MarkInFlight { .. } => marks.push(cmd),
+                    _ => cmd.answer(failed.clone()),
+                }
             }
             match (&failed, &flusher) {
                 (None, Some(flusher)) if !marks.is_empty() => flusher.flush(marks),
