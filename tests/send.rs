@@ -497,42 +497,33 @@ async fn flags_beat_environment_beats_config_file() {
     let input = w.input(&[&format!("{DEPT},ok-1,,")]);
     // The config names an unreachable port; the environment overrides it with the simulator.
     let config = w.fast_config("base_url = \"http://127.0.0.1:9\"");
-    let mut cmd = w.command();
-    cmd.arg("send")
-        .arg(&input)
-        .arg("--config")
-        .arg(&config)
-        .arg("--ledger")
-        .arg(w.ledger())
-        .env("INVOICE_DISPATCH_BASE_URL", w.sim.base_url());
-    let out = cmd.output().await.unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let send = |input: &std::path::Path, env_url: &str, flags: &[&str]| {
+        let mut cmd = w.command();
+        cmd.arg("send")
+            .arg(input)
+            .arg("--config")
+            .arg(&config)
+            .arg("--ledger")
+            .arg(w.ledger())
+            .args(flags)
+            .env("INVOICE_DISPATCH_BASE_URL", env_url);
+        async move {
+            let out = cmd.output().await.unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    send(&input, &w.sim.base_url(), &[]).await;
     assert_eq!(w.stats().total_requests, 1);
 
     // And a flag overrides the environment: here the environment names the dead port.
     let input = w.write("second.csv", format!("{HEADER}\n{DEPT},ok-2,,\n"));
-    let mut cmd = w.command();
-    cmd.arg("send")
-        .arg(&input)
-        .arg("--config")
-        .arg(&config)
-        .arg("--ledger")
-        .arg(w.ledger())
-        .arg("--base-url")
-        .arg(w.sim.base_url())
-        .env("INVOICE_DISPATCH_BASE_URL", "http://127.0.0.1:9");
-    let out = cmd.output().await.unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = w.sim.base_url();
+    send(&input, "http://127.0.0.1:9", &["--base-url", &url]).await;
     assert_eq!(w.received(DEPT, "ok-2"), 1);
 }
 
@@ -555,10 +546,9 @@ async fn dry_run_lists_the_requests_and_sends_nothing() {
     );
     assert!(run.rows.is_empty(), "a dry run writes no results file");
     let last = run.stderr.trim_end().lines().last().unwrap();
-    assert!(
-        last.starts_with("DRY RUN (nothing sent): 3 rows: ")
-            && last.contains("3 rows: 1 invalid, 1 duplicate, 1 would be sent; exit 2"),
-        "{last}"
+    assert_eq!(
+        last,
+        "DRY RUN (nothing sent): 3 rows: 1 invalid, 1 duplicate, 1 would be sent; exit 2"
     );
     assert_eq!(run.summary["dry_run"], true);
     assert_eq!(w.stats().total_requests, 0);
