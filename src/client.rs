@@ -1,16 +1,56 @@
-//! One HTTP call to the payment-request endpoint, turned into an [`Attempt`] the retry
-//! policy in `dispatch` can branch on. Nothing here retries: hyper only re-sends a request
-//! that was never written to a pooled connection, and redirects are never followed, since
-//! a followed redirect would repeat a POST that notifies a customer.
+//! One HTTP call to the API (a payment request, or an invoice's paid status), turned into
+//! an [`Attempt`] the retry policy in `dispatch` can branch on. Nothing here retries: hyper
+//! only re-sends a request that was never written to a pooled connection, and redirects are
+//! never followed, since a followed redirect would repeat a POST that notifies a customer.
 
+use std::fmt;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::Credentials;
-use crate::input::Request;
+use crate::input::{InvoiceGuid, Request};
+
+/// A password that cannot leak through `Debug`, `Display` or a panic message.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// How the client talks to the API.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    pub base_url: String,
+    pub credentials: Option<Credentials>,
+    /// For one answer; a timeout after sending means the request may have been acted on.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Idle connections kept: the dispatcher's concurrency.
+    pub pool_size: usize,
+}
+
+/// The scope `--skip-paid` needs (API.md, "Get Invoice paid status").
+pub const PAID_SCOPE: &str = "payment.invoice.check.paid";
 
 /// Response bodies above this are not read: a hostile or broken server cannot exhaust memory.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -98,6 +138,9 @@ struct RawBody {
     invoice_link: Option<String>,
     text_sent: Option<String>,
     email_sent: Option<String>,
+    /// Only in a paid-status answer.
+    paid: Option<bool>,
+    amount: Option<serde_json::Value>,
 }
 
 fn code(v: Option<serde_json::Value>) -> Option<i64> {
@@ -121,6 +164,9 @@ pub struct Answer {
     /// Why the body could not be used (empty, not JSON, too large), if it could not.
     pub body_problem: Option<String>,
     pub retry_after: Option<Duration>,
+    /// A paid-status answer's `paid` and `amount` (as written, e.g. `125.5`).
+    pub paid: Option<bool>,
+    pub amount: Option<String>,
 }
 
 impl Answer {
@@ -163,6 +209,12 @@ impl Answer {
         answer.invoice_link = non_empty(raw.invoice_link);
         answer.text_sent = non_empty(raw.text_sent);
         answer.email_sent = non_empty(raw.email_sent);
+        answer.paid = raw.paid;
+        answer.amount = match raw.amount {
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s),
+            _ => None,
+        };
         answer
     }
 }
@@ -185,17 +237,10 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(
-        base_url: &str,
-        credentials: Option<&Credentials>,
-        timeout: Duration,
-        connect_timeout: Duration,
-        pool_size: usize,
-    ) -> Result<Client> {
+    pub fn new(settings: &ClientSettings) -> Result<Client> {
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some(c) = credentials {
+        if let Some(c) = &settings.credentials {
             use base64::Engine;
             let token = base64::engine::general_purpose::STANDARD.encode(format!(
                 "{}:{}",
@@ -212,82 +257,86 @@ impl Client {
             .user_agent(concat!("invoice-dispatch/", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(connect_timeout)
-            .pool_max_idle_per_host(pool_size)
+            .timeout(settings.timeout)
+            .connect_timeout(settings.connect_timeout)
+            .pool_max_idle_per_host(settings.pool_size)
             .build()
             .context("cannot build the HTTP client")?;
         Ok(Client {
             http,
-            base_url: base_url.trim_end_matches('/').to_string(),
+            base_url: settings.base_url.trim_end_matches('/').to_string(),
         })
     }
 
     /// The request URL. The department is a validated path segment (`DepartmentUuid`), so
     /// nothing from the input can change the path or add a query.
     pub fn url(&self, req: &Request) -> String {
+        Client::url_for(&self.base_url, req)
+    }
+
+    pub fn url_for(base_url: &str, req: &Request) -> String {
         format!(
-            "{}/v4/departments/{}/payment-requests",
-            self.base_url,
+            "{base_url}/v4/departments/{}/payment-requests",
             req.department.as_str()
         )
     }
 
+    /// The payment request for one row.
     pub async fn send(&self, req: &Request) -> Attempt {
-        let sent = self
+        let request = self.http.post(self.url(req)).json(&Body::new(req));
+        read_answer(request.send().await).await
+    }
+
+    /// The invoice's paid status (`GET .../kpayment/v1/invoicePaidStatus`). The invoice id
+    /// is sent as an encoded query value, so nothing in it can change the URL.
+    pub async fn paid_status(&self, invoice: &InvoiceGuid) -> Attempt {
+        let url = format!("{}/kpayment/v1/invoicePaidStatus", self.base_url);
+        let request = self
             .http
-            .post(self.url(req))
-            .json(&Body::new(req))
-            .send()
-            .await;
-        let mut response = match sent {
-            Ok(r) => r,
-            Err(e) => return classify_error(&e),
-        };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_BODY as u64)
-        {
-            return Attempt::Answered(Answer::parse(
-                status,
-                retry_after,
-                Err(format!("HTTP {status} with a body over 1 MiB (not read)")),
-            ));
-        }
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > MAX_BODY {
-                        return Attempt::Answered(Answer::parse(
-                            status,
-                            retry_after,
-                            Err(format!("HTTP {status} with a body over 1 MiB (not read)")),
-                        ));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                // The status line arrived, so the server did answer; the body is what broke.
-                Err(e) => {
-                    return Attempt::Answered(Answer::parse(
-                        status,
-                        retry_after,
-                        Err(format!(
-                            "HTTP {status}, but reading the body failed: {}",
-                            error_chain(&e)
-                        )),
-                    ))
-                }
+            .get(url)
+            .query(&[("invoiceGUID", invoice.as_str())]);
+        read_answer(request.send().await).await
+    }
+}
+
+/// Reads an answer's status, `Retry-After` and body (at most [`MAX_BODY`]).
+async fn read_answer(sent: reqwest::Result<reqwest::Response>) -> Attempt {
+    let mut response = match sent {
+        Ok(r) => r,
+        Err(e) => return classify_error(&e),
+    };
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let answer = |body| Attempt::Answered(Answer::parse(status, retry_after, body));
+    let too_big = || {
+        answer(Err(format!(
+            "HTTP {status} with a body over 1 MiB (not read)"
+        )))
+    };
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_BODY as u64)
+    {
+        return too_big();
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() > MAX_BODY => return too_big(),
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => return answer(Ok(body)),
+            // The status line arrived, so the server did answer; the body is what broke.
+            Err(e) => {
+                let chain = error_chain(&e);
+                return answer(Err(format!(
+                    "HTTP {status}, but reading the body failed: {chain}"
+                )));
             }
         }
-        Attempt::Answered(Answer::parse(status, retry_after, Ok(body)))
     }
 }
 

@@ -498,6 +498,19 @@ impl InputReader {
         &self.path
     }
 
+    /// Header indexes of the department and invoice columns.
+    pub fn key_columns(&self) -> (usize, usize) {
+        (self.index[0].unwrap_or(0), self.index[1].unwrap_or(0))
+    }
+
+    /// The index of the header named `name` (compared like the known columns).
+    pub fn column(&self, name: &str) -> Option<usize> {
+        let wanted = normalize_header(name.as_bytes());
+        self.headers
+            .iter()
+            .position(|h| normalize_header(h) == wanted)
+    }
+
     fn read(&mut self, raw: &mut ByteRecord) -> Result<bool, InputError> {
         match self.rdr.read_byte_record(raw) {
             Ok(more) => Ok(more),
@@ -765,6 +778,9 @@ pub fn parse_bool(s: &str) -> Result<Option<bool>, ()> {
         Err(())
     }
 }
+
+mod seen;
+pub use seen::Seen;
 
 #[cfg(test)]
 mod tests;

@@ -1,25 +1,47 @@
+//! Thin: parse the command line, resolve the config, start logging, run the command, turn
+//! the outcome into an exit code. Signals and the process's exit live here too.
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use invoice_dispatch::cli::{Cli, Command, Config, LogFormat, SimulateArgs};
+use invoice_dispatch::cli::{Cli, LogFormat, SimulateArgs};
+use invoice_dispatch::config::{self, Command, Config, Log};
+use invoice_dispatch::domain::{StopReason, Stopper};
+use invoice_dispatch::screen::Screen;
 use invoice_dispatch::simulator::{SimConfig, Simulator};
-use invoice_dispatch::{run, LogWriter};
+use invoice_dispatch::{look, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let (format, quiet) = match &cli.command {
-        Command::Send(a) => (a.log_format.unwrap_or_default(), a.quiet),
-        _ => (LogFormat::Text, false),
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version succeed; a usage error is fatal (1), not "some rows need
+            // attention" (2, clap's own choice).
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
     };
-    init_tracing(format, quiet);
+    let screen = Screen::default();
+    let config = match config::resolve(cli.command) {
+        Ok(config) => config,
+        Err(e) => {
+            init_tracing(Log::default(), &screen);
+            return fail(e);
+        }
+    };
+    init_tracing(config.log, &screen);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(anyhow::Error::from(e).context("cannot start the async runtime")),
     };
-    match runtime.block_on(dispatch(cli)) {
+    match execute(config, &runtime, &screen) {
         Ok(code) => ExitCode::from(code),
         Err(e) => fail(e),
     }
@@ -30,21 +52,55 @@ fn fail(e: anyhow::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
-async fn dispatch(cli: Cli) -> Result<u8> {
-    match cli.command {
-        Command::Send(args) => {
-            let config = Config::resolve(&args)?;
-            let summary = run::send(config).await?;
+fn execute(config: Config, runtime: &tokio::runtime::Runtime, screen: &Screen) -> Result<u8> {
+    match config.command {
+        Command::Send(send) => {
+            let stopper = Arc::new(Stopper::default());
+            let signals = runtime.spawn(watch_signals(stopper.clone()));
+            let cx = run::RunContext {
+                clock: config.clock,
+                stopper,
+                screen,
+                runtime: runtime.handle(),
+            };
+            let summary = run::send(*send, &cx);
+            signals.abort();
+            let summary = summary?;
             eprintln!("{}", summary.line());
-            Ok(summary.exit_code as u8)
+            Ok(summary.exit_code)
         }
-        Command::Validate(args) => {
-            let file = Config::load_file(args.config.as_deref())?;
-            let options = Config::input_options(&args, &file)?;
-            Ok(run::validate(&args.input, &options).await? as u8)
+        Command::DryRun(dry) => {
+            let summary = run::dry_run(&dry)?;
+            eprintln!("{}", summary.line());
+            Ok(summary.exit_code)
         }
-        Command::Simulate(args) => simulate(args).await.map(|()| 0),
+        Command::Validate(input) => run::validate(&input),
+        Command::Simulate(args) => runtime.block_on(simulate(args)).map(|()| 0),
+        Command::Look(l) => look::run(l, config.clock),
     }
+}
+
+/// First SIGINT/SIGTERM: stop starting requests and finish cleanly. Second: exit at once;
+/// the intents and leaving marks already in the ledger keep the rerun safe.
+async fn watch_signals(stopper: Arc<Stopper>) {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    async fn next(int: &mut Signal, term: &mut Signal) {
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    }
+    next(&mut int, &mut term).await;
+    eprintln!(
+        "\ninterrupted: finishing the requests in flight (press Ctrl-C again to quit at once)"
+    );
+    stopper.stop(StopReason::Interrupted);
+    next(&mut int, &mut term).await;
+    eprintln!("interrupted twice: exiting now; rerun the same command to resume safely");
+    std::process::exit(130);
 }
 
 async fn simulate(args: SimulateArgs) -> Result<()> {
@@ -80,22 +136,25 @@ async fn simulate(args: SimulateArgs) -> Result<()> {
     });
     // The address goes to stdout on its own line so scripts and benches can read it.
     println!("listening on http://{bound}");
-    eprintln!("simulator: POST http://{bound}/v4/departments/DEPT/payment-requests; stats at GET http://{bound}/__sim/stats");
+    eprintln!(
+        "simulator: send with --base-url http://{bound}/payment (the real API's path, on this host); \
+         stats at GET http://{bound}/__sim/stats"
+    );
     Simulator::serve(listener, config, shutdown).await?;
     Ok(())
 }
 
-fn init_tracing(format: LogFormat, quiet: bool) {
-    let default = if quiet { "error" } else { "info" };
+fn init_tracing(log: Log, screen: &Screen) {
+    let default = if log.quiet { "error" } else { "info" };
     let filter = EnvFilter::try_from_env("INVOICE_DISPATCH_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("invoice_dispatch={default},warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| LogWriter)
+        .with_writer(screen.clone())
         // Colour only for a person: cron mails and log collectors get plain text.
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
-    match format {
+    match log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }

@@ -1,16 +1,19 @@
-//! The results CSV: every input row, in input order, with its outcome from the ledger.
+//! The results CSV: every input row, in input order, with its outcome from the ledger
+//! (SPEC section 4); and `export`, the same columns from the ledger alone.
 //!
-//! It is rendered by reading the input again beside the ledger's rows (both ordered by
-//! row number), so memory does not depend on the input size, and written to a temporary
+//! Results are rendered by reading the input again beside the ledger's rows (both ordered
+//! by row number), so memory does not depend on the input size, and written to a temporary
 //! file in the output's folder that replaces the old results only once it is complete.
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use csv::ByteRecord;
 
-use crate::input::{InputOptions, InputReader};
-use crate::ledger::{Ledger, Outcome, Status, UNKNOWN_SKIP};
+use crate::domain::{rfc3339, Counts, Outcome, RunId, SkipKind, Status};
+use crate::input::{InputOptions, InputReader, Record};
+use crate::ledger::{ResultRow, Store};
 
 pub const COLUMNS: [&str; 11] = [
     "status",
@@ -26,63 +29,49 @@ pub const COLUMNS: [&str; 11] = [
     "completed_at",
 ];
 
-/// Rows per final status, as rendered.
-#[derive(Debug, Default, Clone)]
-pub struct Counts {
-    counts: [u64; 8],
-    /// Of the skipped rows, those an earlier run may have delivered.
-    pub skipped_unknown: u64,
+/// The rows that need a person that the report lists at most.
+pub const ATTENTION_KEPT: usize = 1000;
+
+/// A row that needs a person, as the report lists it.
+#[derive(Clone, Debug)]
+pub struct AttentionRow {
+    pub line: u64,
+    pub department: String,
+    pub invoice: String,
+    pub status: Status,
+    pub message: String,
+    pub errors: String,
 }
 
-impl Counts {
-    pub fn add(&mut self, status: Status) {
-        if let Some(i) = Status::FINAL.iter().position(|s| *s == status) {
-            self.counts[i] += 1;
-        }
-    }
-    pub fn get(&self, status: Status) -> u64 {
-        Status::FINAL
-            .iter()
-            .position(|s| *s == status)
-            .map_or(0, |i| self.counts[i])
-    }
-    pub fn rows(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-    pub fn iter(&self) -> impl Iterator<Item = (Status, u64)> + '_ {
-        Status::FINAL
-            .iter()
-            .copied()
-            .zip(self.counts.iter().copied())
-    }
+/// What rendering the results found.
+#[derive(Clone, Debug, Default)]
+pub struct Rendered {
+    pub counts: Counts,
+    /// The first [`ATTENTION_KEPT`] rows that need a person, in input order.
+    pub attention: Vec<AttentionRow>,
+    /// All rows that need a person.
+    pub attention_total: u64,
 }
 
-/// Why rows that never finished did not: the stop reason, when the run stopped early.
-pub struct Unfinished<'a> {
-    pub stop: Option<&'a str>,
-}
-
-impl Unfinished<'_> {
-    /// Final form of a row the run left pending or in flight.
-    fn settle(&self, mut o: Outcome) -> Outcome {
-        let why = self.stop.unwrap_or("the run ended early");
-        if matches!(o.status, Status::Pending | Status::InFlight) {
-            o.completed_at = crate::ledger::now_rfc3339();
+impl Rendered {
+    fn add(&mut self, record: &Record, raw: &ByteRecord, o: &Outcome, columns: (usize, usize)) {
+        self.counts.add(o.status, o.skip);
+        let needs_person = o.status.needs_person() || o.skip == Some(SkipKind::MaybeDelivered);
+        if !needs_person {
+            return;
         }
-        match o.status {
-            Status::Pending => {
-                o.status = Status::NotSent;
-                o.message = format!("not sent: {why}");
-            }
-            Status::InFlight => {
-                o.status = Status::Unknown;
-                o.message = format!(
-                    "in flight when the run stopped ({why}); the customer may have been notified, so it is not resent"
-                );
-            }
-            _ => {}
+        self.attention_total += 1;
+        if self.attention.len() < ATTENTION_KEPT {
+            let cell = |i: usize| String::from_utf8_lossy(raw.get(i).unwrap_or(b"")).into_owned();
+            self.attention.push(AttentionRow {
+                line: record.line,
+                department: cell(columns.0),
+                invoice: cell(columns.1),
+                status: o.status,
+                message: o.message.clone(),
+                errors: o.errors.clone(),
+            });
         }
-        o
     }
 }
 
@@ -94,131 +83,204 @@ fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Renders the results of the ledger's current run to `out`, replacing it atomically.
-pub fn render(
-    input: &Path,
-    options: &InputOptions,
-    ledger: &Ledger,
-    out: &Path,
-    unfinished: Unfinished<'_>,
-) -> Result<Counts> {
-    let mut reader = InputReader::open(input, options)?;
+/// The result columns of one outcome, neutralised, in [`COLUMNS`] order.
+fn cells(o: &Outcome) -> [String; 11] {
+    let opt = |s: &Option<String>| neutralise(s.as_deref().unwrap_or("")).into_owned();
+    [
+        o.status.as_str().to_string(),
+        o.http_status.map(|s| s.to_string()).unwrap_or_default(),
+        o.attempts.to_string(),
+        opt(&o.payment_link),
+        opt(&o.invoice_link),
+        opt(&o.text_sent),
+        opt(&o.email_sent),
+        neutralise(&o.errors).into_owned(),
+        neutralise(&o.warnings).into_owned(),
+        neutralise(&o.message).into_owned(),
+        rfc3339(o.completed_at),
+    ]
+}
+
+/// Writes to a temporary file beside `out` and renames it over `out` once complete.
+fn replace_atomically(out: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     let mut temp = tempfile::Builder::new()
         .prefix(".invoice-dispatch-")
-        .suffix(".csv.tmp")
+        .suffix(".tmp")
         .tempfile_in(dir)
-        .with_context(|| format!("cannot write results in {}", dir.display()))?;
-    let mut counts = Counts::default();
+        .with_context(|| format!("cannot write {} (in {})", out.display(), dir.display()))?;
     {
         let mut file = std::io::BufWriter::new(temp.as_file_mut());
+        write(&mut file)?;
+        file.flush()?;
+    }
+    temp.as_file().sync_all()?;
+    temp.persist(out)
+        .with_context(|| format!("cannot replace {}", out.display()))?;
+    Ok(())
+}
+
+/// Renders the results of `run` beside the input to `out`, replacing it atomically.
+/// `unsent` is what a row the ledger never saw says (the run stopped before reading it).
+pub fn render(
+    input: &Path,
+    options: &InputOptions,
+    store: &mut dyn Store,
+    run: RunId,
+    out: &Path,
+    unsent: &Outcome,
+) -> Result<Rendered> {
+    let mut reader = InputReader::open(input, options)?;
+    let mut rendered = Rendered::default();
+    replace_atomically(out, |file| {
         if reader.had_bom() {
             // Excel reads a BOM-less CSV as the local code page; keep what the input had.
             file.write_all(b"\xEF\xBB\xBF")?;
         }
         let mut writer = csv::WriterBuilder::new()
             .delimiter(reader.delimiter())
-            .flexible(false)
             .from_writer(file);
-        let headers = reader.headers().clone();
-        let width = headers.len();
-        let collide = headers.iter().any(|h| {
-            let h = String::from_utf8_lossy(h);
-            COLUMNS.iter().any(|c| h.trim().eq_ignore_ascii_case(c))
-        });
-        let mut header_row = headers.clone();
-        for c in COLUMNS {
-            let name = if collide {
-                format!("dispatch_{c}")
-            } else {
-                c.to_string()
-            };
-            header_row.push_field(name.as_bytes());
-        }
-        writer.write_byte_record(&header_row)?;
-
-        let mut raw = csv::ByteRecord::new();
-        let mut row = csv::ByteRecord::new();
-        let mut write = |raw: &csv::ByteRecord, o: &Outcome| -> Result<()> {
-            row.clear();
-            // Extra cells beyond the header width (an invalid row) would shift the result
-            // columns; the row's message says how many there were.
-            for cell in raw.iter().take(width) {
-                row.push_field(cell);
-            }
-            for _ in raw.len()..width {
-                row.push_field(b"");
-            }
-            let http = o.http_status.map(|s| s.to_string()).unwrap_or_default();
-            let attempts = o.attempts.to_string();
-            let opt = |s: &Option<String>| s.clone().unwrap_or_default();
-            for cell in [
-                o.status.as_str().to_string(),
-                http,
-                attempts,
-                opt(&o.payment_link),
-                opt(&o.invoice_link),
-                opt(&o.text_sent),
-                opt(&o.email_sent),
-                o.errors.clone(),
-                o.warnings.clone(),
-                o.message.clone(),
-                o.completed_at.clone(),
-            ] {
-                row.push_field(neutralise(&cell).as_bytes());
-            }
-            writer.write_byte_record(&row)?;
-            counts.add(o.status);
-            if o.status == Status::Skipped && o.message.starts_with(UNKNOWN_SKIP) {
-                counts.skipped_unknown += 1;
-            }
-            Ok(())
+        let header = header_row(reader.headers());
+        writer.write_byte_record(&header)?;
+        let mut merge = Merge {
+            input,
+            reader: &mut reader,
+            writer: &mut writer,
+            rendered: &mut rendered,
+            raw: ByteRecord::new(),
+            row: ByteRecord::new(),
         };
-
-        // Merge: the ledger's rows by seq against the input's records by seq. A record
-        // the ledger never saw (the run stopped before reading it) is `not_sent`.
-        let mut next_input = |raw: &mut csv::ByteRecord| reader.next_record(raw);
-        let changed = || {
-            anyhow::anyhow!(
-                "{} changed during the run: its rows no longer match what was sent; the outcomes are in the ledger, rerun the same command on the original file to write the results",
-                input.display()
-            )
-        };
-        ledger.for_each_result(|seq, key, outcome| {
-            loop {
-                let record = next_input(&mut raw)?.ok_or_else(changed)?;
-                if record.seq == seq {
-                    // Outcomes are matched to rows by position; a file saved over during the
-                    // run would pin them on the wrong customers.
-                    let same = match (&record.parsed, &key) {
-                        (Ok(req), Some((dept, invoice))) => {
-                            req.department.as_str() == dept && req.invoice.as_str() == invoice
-                        }
-                        (Err(_), None) => true,
-                        _ => false,
-                    };
-                    if !same {
-                        return Err(changed());
-                    }
-                    return write(&raw, &unfinished.settle(outcome));
-                }
-                let missing = unfinished.settle(Outcome::plain(Status::Pending, ""));
-                write(&raw, &missing)?;
-            }
-        })?;
-        while next_input(&mut raw)?.is_some() {
-            let missing = unfinished.settle(Outcome::plain(Status::Pending, ""));
-            write(&raw, &missing)?;
-        }
+        store.results(run, &mut |r| merge.ledger_row(r))?;
+        merge.rest(unsent)?;
         writer.flush()?;
+        Ok(())
+    })?;
+    Ok(rendered)
+}
+
+/// The input's header with the result columns after it; prefixed `dispatch_` when an input
+/// header already has one of their names.
+fn header_row(headers: &ByteRecord) -> ByteRecord {
+    let collide = headers.iter().any(|h| {
+        let h = String::from_utf8_lossy(h);
+        COLUMNS.iter().any(|c| h.trim().eq_ignore_ascii_case(c))
+    });
+    let mut row = headers.clone();
+    for c in COLUMNS {
+        let name = if collide {
+            format!("dispatch_{c}")
+        } else {
+            c.to_string()
+        };
+        row.push_field(name.as_bytes());
     }
-    temp.as_file().sync_all()?;
-    temp.persist(out)
-        .with_context(|| format!("cannot replace {}", out.display()))?;
-    Ok(counts)
+    row
+}
+
+/// The input's records merged with the ledger's rows, both by row number.
+struct Merge<'a, W: Write> {
+    input: &'a Path,
+    reader: &'a mut InputReader,
+    writer: &'a mut csv::Writer<W>,
+    rendered: &'a mut Rendered,
+    raw: ByteRecord,
+    row: ByteRecord,
+}
+
+impl<W: Write> Merge<'_, W> {
+    fn changed(&self) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{} changed during the run: its rows no longer match what was sent; the outcomes are in the ledger, rerun the same command on the original file to write the results",
+            self.input.display()
+        )
+    }
+
+    /// Writes input records up to the ledger's row `r`, then `r` itself. A record before it
+    /// was never seen by the ledger (the run stopped before reading it).
+    fn ledger_row(&mut self, r: ResultRow) -> Result<()> {
+        loop {
+            let Some(record) = self.reader.next_record(&mut self.raw)? else {
+                return Err(self.changed());
+            };
+            if record.seq < r.seq {
+                let unsent = Outcome::plain(
+                    Status::NotSent,
+                    "not sent: the run stopped before reading this row",
+                    r.outcome.completed_at,
+                );
+                self.write(&record, &unsent)?;
+                continue;
+            }
+            // Outcomes are matched to rows by position; a file saved over during the run
+            // would pin them on the wrong customers.
+            let same = record.seq == r.seq
+                && match (&record.parsed, &r.key) {
+                    (Ok(req), Some((dept, invoice))) => {
+                        req.department.as_str() == dept && req.invoice.as_str() == invoice
+                    }
+                    (Err(_), None) => true,
+                    _ => false,
+                };
+            if !same {
+                return Err(self.changed());
+            }
+            return self.write(&record, &r.outcome);
+        }
+    }
+
+    fn rest(&mut self, unsent: &Outcome) -> Result<()> {
+        while let Some(record) = self.reader.next_record(&mut self.raw)? {
+            self.write(&record, unsent)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, record: &Record, o: &Outcome) -> Result<()> {
+        let width = self.reader.headers().len();
+        self.row.clear();
+        // Extra cells beyond the header width (an invalid row) would shift the result
+        // columns; the row's message says how many there were.
+        for cell in self.raw.iter().take(width) {
+            self.row.push_field(cell);
+        }
+        for _ in self.raw.len()..width {
+            self.row.push_field(b"");
+        }
+        for cell in cells(o) {
+            self.row.push_field(cell.as_bytes());
+        }
+        self.writer.write_byte_record(&self.row)?;
+        let columns = self.reader.key_columns();
+        self.rendered.add(record, &self.raw, o, columns);
+        Ok(())
+    }
+}
+
+/// `export`: the run's rows as a results-shaped CSV from the ledger alone (no input
+/// columns but the line, department and invoice). Returns the number of rows.
+pub fn export(store: &mut dyn Store, run: RunId, out: &mut dyn Write) -> Result<u64> {
+    let mut writer = csv::Writer::from_writer(out);
+    let mut header = vec!["line", "department_uuid", "invoice_guid"];
+    header.extend(COLUMNS);
+    writer.write_record(&header)?;
+    let mut n = 0;
+    store.results(run, &mut |r| {
+        let (dept, invoice) = r.key.unwrap_or_default();
+        let mut row = vec![
+            r.line.to_string(),
+            neutralise(&dept).into_owned(),
+            neutralise(&invoice).into_owned(),
+        ];
+        row.extend(cells(&r.outcome));
+        writer.write_record(&row)?;
+        n += 1;
+        Ok(())
+    })?;
+    writer.flush()?;
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -233,5 +295,13 @@ mod tests {
         for s in ["https://pay", "", "1", "sent"] {
             assert_eq!(neutralise(s), s);
         }
+    }
+
+    #[test]
+    fn result_columns_get_a_prefix_when_the_input_has_one_of_their_names() {
+        let plain = header_row(&ByteRecord::from(vec!["department_uuid", "note"]));
+        assert_eq!(&plain[2], b"status");
+        let clash = header_row(&ByteRecord::from(vec!["department_uuid", " Status "]));
+        assert_eq!(&clash[2], b"dispatch_status");
     }
 }

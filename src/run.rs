@@ -1,60 +1,71 @@
-//! One `send` or `validate`, wired end to end:
-//! reader thread -> ledger (admission) -> dispatch -> ledger (outcomes) -> results file,
-//! with the simulator, signals, progress and the summary around it.
+//! One `send`, `send --dry-run` or `validate`, wired end to end:
+//! reader thread -> ledger (admission, intents) -> dispatch -> ledger (outcomes) ->
+//! settle -> results file, with the simulator, progress and the summary around it.
+//!
+//! The functions here are synchronous: blocking work (reading, asking, the ledger, writing
+//! results) runs on this thread or its own, and only dispatch runs on the async runtime.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-use crate::cli::{Config, LedgerChoice};
 use crate::client::{Body, Client};
-use crate::dispatch::{Admitted, Dispatcher, Progress, Settings, StopReason, Stopper};
-use crate::input::{InputOptions, InputReader};
-use crate::ledger::{Ledger, LedgerHandle, Policy, Status};
-use crate::results::{self, Counts, Unfinished};
+use crate::config::{DryRun, Input, Send, Target};
+use crate::dispatch::{Admitted, Dispatcher, Progress};
+use crate::domain::{exit_code, Clock, Counts, Outcome, Status, StopReason, Stopper};
+use crate::evidence::Tally;
+use crate::input::{InputReader, Record, Request, Seen};
+use crate::ledger::{self, Admission, Entry, EntryKind, LedgerHandle, Location, RunEnd, RunInfo};
+use crate::results::{self, Rendered};
+use crate::screen::{self, Screen};
 use crate::simulator::{SimConfig, Simulator};
-
-/// Records handed to the ledger for admission at once: large enough to amortise the
-/// commit, small enough that the first request leaves at once.
-const ADMIT_BATCH: usize = 64;
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub rows: u64,
-    pub counts: std::collections::BTreeMap<&'static str, u64>,
+    pub counts: Counts,
     /// Of the skipped rows, those an earlier run may have delivered (they need a person).
     pub skipped_unknown: u64,
+    /// Of the skipped rows, those whose invoice was paid already (`--skip-paid`).
+    pub already_paid: u64,
     pub requests: u64,
     pub elapsed_seconds: f64,
     pub requests_per_second: f64,
     pub simulation: bool,
-    /// Nothing was sent: the rows counted `not_sent` are those the run would send.
+    /// Nothing was sent: `would_send` rows would be.
     pub dry_run: bool,
-    pub exit_code: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_send: Option<u64>,
+    pub exit_code: u8,
+    pub run: Option<String>,
     pub results: Option<PathBuf>,
-    pub ledger: Option<PathBuf>,
+    pub ledger: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
 }
 
 impl Summary {
-    fn new(counts: &Counts, progress: &Progress, started: Instant, simulation: bool) -> Summary {
+    fn new(counts: Counts, exit_code: u8) -> Summary {
         Summary {
             rows: counts.rows(),
-            counts: counts.iter().map(|(s, n)| (s.as_str(), n)).collect(),
             skipped_unknown: counts.skipped_unknown,
-            requests: progress.requests.load(Ordering::Relaxed),
-            elapsed_seconds: round2(started.elapsed().as_secs_f64()),
-            requests_per_second: round2(progress.requests_per_second()),
-            simulation,
+            already_paid: counts.already_paid,
+            counts,
+            requests: 0,
+            elapsed_seconds: 0.0,
+            requests_per_second: 0.0,
+            simulation: false,
             dry_run: false,
-            exit_code: 0,
+            would_send: None,
+            exit_code,
+            run: None,
             results: None,
             ledger: None,
             stopped: None,
@@ -63,37 +74,31 @@ impl Summary {
 
     /// The one-line summary that ends stderr.
     pub fn line(&self) -> String {
-        let counts: Vec<String> = Status::FINAL
-            .iter()
-            .filter_map(|s| {
-                let n = self.counts.get(s.as_str()).copied().unwrap_or(0);
-                let label = match s {
-                    Status::NotSent if self.dry_run => "would be sent",
-                    s => s.as_str(),
-                };
-                (n > 0).then(|| format!("{n} {label}"))
-            })
-            .collect();
-        let counts = if counts.is_empty() {
-            "none".to_string()
-        } else {
-            counts.join(", ")
-        };
-        let mut line = if self.dry_run {
-            format!("DRY RUN (nothing sent): {} rows: {counts}", self.rows)
-        } else {
-            format!(
-                "{}{} rows: {counts}; {} requests in {:.1}s ({:.1} req/s)",
+        let mut line = match self.would_send {
+            Some(n) => {
+                let mut counts = self.counts.describe();
+                if n > 0 {
+                    counts = if self.counts.rows() == 0 {
+                        format!("{n} would be sent")
+                    } else {
+                        format!("{counts}, {n} would be sent")
+                    };
+                }
+                format!("DRY RUN (nothing sent): {} rows: {counts}", self.rows)
+            }
+            None => format!(
+                "{}{} rows: {}; {} requests in {:.1}s ({:.1} req/s)",
                 if self.simulation {
                     "SIMULATION (nothing sent to myKaarma): "
                 } else {
                     ""
                 },
                 self.rows,
+                self.counts.describe(),
                 self.requests,
                 self.elapsed_seconds,
                 self.requests_per_second
-            )
+            ),
         };
         if let Some(stopped) = &self.stopped {
             line.push_str(&format!("; STOPPED: {stopped}"));
@@ -104,83 +109,120 @@ impl Summary {
         line.push_str(&format!("; exit {}", self.exit_code));
         line
     }
+
+    pub fn write_json(&self, path: Option<&Path>) -> Result<()> {
+        if let Some(path) = path {
+            let json = serde_json::to_vec_pretty(self)?;
+            std::fs::write(path, json)
+                .with_context(|| format!("cannot write the summary to {}", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// SPEC section 9.
-pub fn exit_code(counts: &Counts, stop: Option<&StopReason>) -> i32 {
-    match stop {
-        Some(StopReason::Interrupted) => 130,
-        Some(StopReason::Ledger(_)) => 1,
-        Some(StopReason::Credentials(_) | StopReason::FailureRatio { .. }) => 3,
-        None => {
-            let attention = [
-                Status::Failed,
-                Status::Partial,
-                Status::Unknown,
-                Status::Invalid,
-                Status::NotSent,
-            ];
-            // SPEC says skipped rows exit 0; but a row skipped because an earlier run may
-            // have delivered it needs a person as much as an `unknown` row does.
-            if attention.iter().any(|s| counts.get(*s) > 0) || counts.skipped_unknown > 0 {
-                2
-            } else {
-                0
-            }
+/// `validate`: every row checked, the bad ones listed on stdout.
+pub fn validate(input: &Input) -> Result<u8> {
+    let mut stdout = std::io::stdout().lock();
+    let checked = check(input, |record, first| {
+        match (&record.parsed, first) {
+            (Err(invalid), _) => writeln!(
+                stdout,
+                "{}: invalid: {}",
+                input.path.display(),
+                invalid.message(record.line)
+            )?,
+            (Ok(_), Some(first)) => writeln!(
+                stdout,
+                "{}: duplicate: duplicate of line {first}",
+                input.path.display()
+            )?,
+            (Ok(_), None) => {}
         }
-    }
+        Ok(())
+    })?;
+    eprintln!(
+        "{}: {} rows: {} valid, {} invalid, {} duplicate",
+        input.path.display(),
+        checked.counts.rows() + checked.valid,
+        checked.valid,
+        checked.counts.get(Status::Invalid),
+        checked.counts.get(Status::Duplicate)
+    );
+    Ok(if checked.counts.get(Status::Invalid) > 0 {
+        2
+    } else {
+        0
+    })
 }
 
-/// Reads the input on its own thread, has the ledger admit each batch, and queues the rows
-/// to send. Ends early (without error) when the queue's receiver is gone.
-fn spawn_reader(
-    input: PathBuf,
-    options: InputOptions,
-    ledger: LedgerHandle,
-    queue: mpsc::Sender<Admitted>,
-    progress: Arc<Progress>,
-) -> std::thread::JoinHandle<Result<()>> {
-    std::thread::Builder::new()
-        .name("reader".into())
-        .spawn(move || {
-            let mut reader = InputReader::open(&input, &options)?;
-            let mut raw = csv::ByteRecord::new();
-            let mut batch = Vec::with_capacity(ADMIT_BATCH);
-            loop {
-                let record = reader.next_record(&mut raw)?;
-                let end = record.is_none();
-                batch.extend(record);
-                if batch.len() >= ADMIT_BATCH || (end && !batch.is_empty()) {
-                    let n = batch.len();
-                    let to_send = ledger.admit_blocking(std::mem::replace(
-                        &mut batch,
-                        Vec::with_capacity(ADMIT_BATCH),
-                    ))?;
-                    progress
-                        .admitted_done
-                        .fetch_add((n - to_send.len()) as u64, Ordering::Relaxed);
-                    for record in to_send {
-                        let Ok(request) = record.parsed else { continue };
-                        let row = Admitted {
-                            seq: record.seq,
-                            line: record.line,
-                            request,
-                        };
-                        if queue.blocking_send(row).is_err() {
-                            return Ok(());
-                        }
-                    }
+/// `send --dry-run`: `validate`, plus the request each valid row would make.
+pub fn dry_run(config: &DryRun) -> Result<Summary> {
+    let base_url = match &config.target {
+        Target::Url(url) => url.clone(),
+        Target::Simulator => "http://127.0.0.1:PORT".to_string(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let checked = check(&config.input, |record, first| {
+        if let (Ok(req), None) = (&record.parsed, first) {
+            let body = serde_json::to_string(&Body::new(req))?;
+            let url = Client::url_for(&base_url, req);
+            writeln!(stdout, "line {}: POST {url} {body}", record.line)?;
+        }
+        Ok(())
+    })?;
+    let code = if checked.counts.get(Status::Invalid) > 0 {
+        2
+    } else {
+        0
+    };
+    let mut summary = Summary::new(checked.counts, code);
+    summary.rows += checked.valid;
+    summary.dry_run = true;
+    summary.would_send = Some(checked.valid);
+    summary.write_json(config.summary_json.as_deref())?;
+    Ok(summary)
+}
+
+/// What a pass over the input found: invalid and duplicate rows counted, valid ones apart.
+struct Checked {
+    counts: Counts,
+    valid: u64,
+}
+
+/// Reads every record, with the line of its first occurrence when it repeats one.
+fn check(
+    input: &Input,
+    mut each: impl FnMut(&Record, Option<u64>) -> Result<()>,
+) -> Result<Checked> {
+    let mut reader = InputReader::open(&input.path, &input.options)?;
+    let mut seen = Seen::new()?;
+    let mut raw = csv::ByteRecord::new();
+    let mut checked = Checked {
+        counts: Counts::default(),
+        valid: 0,
+    };
+    seen.batch(|b| {
+        while let Some(record) = reader.next_record(&mut raw)? {
+            let first = match &record.parsed {
+                Ok(req) => {
+                    b.first_line(req.department.as_str(), req.invoice.as_str(), record.line)?
                 }
-                if end {
-                    return Ok(());
-                }
+                Err(_) => None,
+            };
+            each(&record, first)?;
+            match (&record.parsed, first) {
+                (Err(_), _) => checked.counts.add(Status::Invalid, None),
+                (Ok(_), Some(_)) => checked.counts.add(Status::Duplicate, None),
+                (Ok(_), None) => checked.valid += 1,
             }
-        })
-        .expect("spawn the reader thread")
+        }
+        Ok(())
+    })?;
+    Ok(checked)
 }
 
 /// Counts rows and requested channels, for the confirmation prompt and the progress bar.
@@ -191,8 +233,8 @@ struct Preview {
     emails: u64,
 }
 
-fn preview(input: &Path, options: &InputOptions) -> Result<Preview> {
-    let mut reader = InputReader::open(input, options)?;
+fn preview(input: &Input) -> Result<Preview> {
+    let mut reader = InputReader::open(&input.path, &input.options)?;
     let mut raw = csv::ByteRecord::new();
     let mut p = Preview {
         rows: 0,
@@ -224,9 +266,9 @@ fn confirm(p: &Preview, target: &str) -> Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
-/// Fails early, before anything is sent, if the results cannot be written.
-fn check_output(out: &Path) -> Result<()> {
-    let dir = match out.parent() {
+/// Fails early, before anything is sent, if `path` cannot be written.
+pub fn check_writable(path: &Path, what: &str) -> Result<()> {
+    let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
@@ -241,44 +283,11 @@ fn check_output(out: &Path) -> Result<()> {
                 kind => kind.to_string(),
             };
             anyhow::anyhow!(
-                "cannot write results to {}: {reason} (in {})",
-                out.display(),
+                "cannot write {what} to {}: {reason} (in {})",
+                path.display(),
                 dir.display()
             )
         })
-}
-
-/// Starts the ledger and the reader; the caller consumes the queue.
-struct Pipeline {
-    ledger: LedgerHandle,
-    ledger_thread: std::thread::JoinHandle<Result<Ledger>>,
-    reader: std::thread::JoinHandle<Result<()>>,
-    queue: mpsc::Receiver<Admitted>,
-}
-
-fn start_pipeline(
-    input: &Path,
-    options: &InputOptions,
-    ledger: Ledger,
-    policy: Policy,
-    queue_len: usize,
-    progress: Arc<Progress>,
-) -> Pipeline {
-    let (handle, ledger_thread) = ledger.spawn(policy);
-    let (tx, queue) = mpsc::channel(queue_len);
-    let reader = spawn_reader(
-        input.to_path_buf(),
-        options.clone(),
-        handle.clone(),
-        tx,
-        progress,
-    );
-    Pipeline {
-        ledger: handle,
-        ledger_thread,
-        reader,
-        queue,
-    }
 }
 
 fn join<T>(thread: std::thread::JoinHandle<Result<T>>, what: &str) -> Result<T> {
@@ -287,316 +296,288 @@ fn join<T>(thread: std::thread::JoinHandle<Result<T>>, what: &str) -> Result<T> 
         .map_err(|_| anyhow::anyhow!("the {what} thread panicked"))?
 }
 
-/// `validate`: every row checked and recorded in a throwaway ledger, the bad ones listed.
-pub async fn validate(input: &Path, options: &InputOptions) -> Result<i32> {
-    InputReader::open(input, options)?;
-    let ledger = Ledger::open(&LedgerChoice::Throwaway, "validate", input)?;
-    let policy = Policy {
-        dedupe_window: Duration::ZERO,
-        resend: true,
-        retry_unknown: true,
-    };
-    let progress = Arc::new(Progress::default());
-    let mut p = start_pipeline(input, options, ledger, policy, 1024, progress);
-    while p.queue.recv().await.is_some() {}
-    join(p.reader, "reader")?;
-    drop(p.ledger);
-    let ledger = join(p.ledger_thread, "ledger")?;
-    // Rows still pending are the valid ones: they would be sent.
-    let (mut counts, mut valid) = (Counts::default(), 0u64);
-    let mut stdout = std::io::stdout().lock();
-    ledger.for_each_result(|_, _, outcome| {
-        counts.add(outcome.status);
-        valid += u64::from(outcome.status == Status::Pending);
-        if matches!(outcome.status, Status::Invalid | Status::Duplicate) {
-            writeln!(
-                stdout,
-                "{}: {}: {}",
-                input.display(),
-                outcome.status.as_str(),
-                outcome.message
-            )?;
-        }
-        Ok(())
-    })?;
-    let (invalid, duplicate) = (counts.get(Status::Invalid), counts.get(Status::Duplicate));
-    eprintln!(
-        "{}: {} rows: {valid} valid, {invalid} invalid, {duplicate} duplicate",
-        input.display(),
-        counts.rows() + valid
-    );
-    Ok(if invalid > 0 { 2 } else { 0 })
+/// What `send` needs from the process around it.
+pub struct RunContext<'a> {
+    pub clock: Clock,
+    pub stopper: Arc<Stopper>,
+    pub screen: &'a Screen,
+    pub runtime: &'a Handle,
 }
 
-/// `send` (and `send --dry-run`).
-pub async fn send(mut config: Config) -> Result<Summary> {
+/// `send`.
+pub fn send(mut config: Send, cx: &RunContext) -> Result<Summary> {
     // Fatal input problems (missing file, missing column) stop us before anything else.
-    InputReader::open(&config.input, &config.input_options)?;
-    if !config.dry_run {
-        check_output(&config.out)?;
-    }
-
-    let simulator = if config.simulate {
-        let sim = Simulator::spawn(SimConfig::default())
-            .await
-            .context("cannot start the simulator")?;
-        config.base_url = sim.base_url();
-        eprintln!(
-            "SIMULATION: sending to the built-in simulator at {} — nothing reaches myKaarma",
-            config.base_url
-        );
-        Some(sim)
-    } else {
-        None
-    };
-
-    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    let show_bar = config.progress && std::io::stderr().is_terminal();
-    // Only a person at a terminal about to reach the real API is asked.
-    let ask = interactive && !config.yes && !config.simulate && !config.dry_run;
-    let preview = if show_bar || ask {
-        Some(preview(&config.input, &config.input_options)?)
-    } else {
-        None
-    };
-    if let (true, Some(p)) = (ask, &preview) {
-        if !confirm(p, &config.base_url)? {
-            bail!("nothing sent: not confirmed");
-        }
-    }
-
-    // Elapsed time is the run's, not the time a person took to answer the question.
-    let started = Instant::now();
-    if config.ledger == LedgerChoice::Throwaway && !config.simulate && !config.dry_run {
+    InputReader::open(&config.input.path, &config.input.options)?;
+    check_writable(&config.out, "results")?;
+    let simulator = start_target(&mut config, cx)?;
+    let total = ask(&config)?;
+    if config.ledger == Location::Throwaway && config.target != Target::Simulator {
         tracing::warn!(
             "RUNNING WITHOUT A LEDGER: nothing remembers what this run sends; running it again WILL notify customers twice"
         );
     }
-    // The built-in simulator listens on a new port each run; one stable name scopes its
-    // sends, so that `--simulate --ledger` rehearses a rerun too.
-    let target = if config.simulate {
-        "built-in simulator"
-    } else {
-        config.base_url.as_str()
-    };
-    let ledger = Ledger::open(&config.ledger, target, &config.input)?;
-    let ledger_path = match &config.ledger {
-        LedgerChoice::At(p) => Some(p.clone()),
-        LedgerChoice::Throwaway => None,
-    };
-    let policy = Policy {
-        dedupe_window: config.dedupe_window,
-        resend: config.resend,
-        retry_unknown: config.retry_unknown,
-    };
+    // Elapsed time is the run's, not the time a person took to answer the question.
+    let started = Instant::now();
+    let info = RunInfo::new(
+        config.target.name(),
+        &config.input.path,
+        Some(&config.out),
+        &cx.clock,
+    )?;
+    let mut store = ledger::open(&config.ledger, false)?;
+    let run = store.begin(&info, &config.policy, cx.clock.now())?;
     let progress = Arc::new(Progress::default());
-    let Pipeline {
-        ledger,
-        ledger_thread,
-        reader,
-        mut queue,
-    } = start_pipeline(
-        &config.input,
-        &config.input_options,
-        ledger,
-        policy,
-        config.concurrency * 2,
-        progress.clone(),
+    let tally = Arc::new(Tally::new());
+    let (handle, writer) = ledger::spawn(store, config.policy, cx.clock)?;
+    let reader = dispatch_rows(&config, cx, handle, progress.clone(), tally, total)?;
+    let mut store = join(writer, "ledger")?;
+    reader?;
+    let stop = cx.stopper.reason().cloned();
+    store.settle(&RunEnd { stop: stop.clone() }, cx.clock.now())?;
+    let unsent = Outcome::plain(
+        Status::NotSent,
+        stop.as_ref().map_or(
+            "not sent: the run ended early".into(),
+            StopReason::not_sent_message,
+        ),
+        cx.clock.now(),
     );
-
-    // Signals are watched until the run ends, rendering included: a second Ctrl-C while
-    // the results are written still exits at once.
-    let stopper = Arc::new(Stopper::default());
-    let signals = tokio::spawn(watch_signals(stopper.clone()));
-    if config.dry_run {
-        let client = Client::new(
-            &config.base_url,
-            None,
-            config.timeout,
-            config.connect_timeout,
-            1,
-        )?;
-        let mut stdout = std::io::stdout().lock();
-        while let Some(row) = queue.recv().await {
-            let body = serde_json::to_string(&Body::new(&row.request))?;
-            writeln!(
-                stdout,
-                "line {}: POST {} {body}",
-                row.line,
-                client.url(&row.request)
-            )?;
-        }
-    } else {
-        let client = Client::new(
-            &config.base_url,
-            config.credentials.as_ref(),
-            config.timeout,
-            config.connect_timeout,
-            config.concurrency,
-        )?;
-        let dispatcher = Dispatcher::new(
-            client,
-            ledger.clone(),
-            settings(&config),
-            progress.clone(),
-            stopper.clone(),
-        );
-        let display = tokio::spawn(show_progress(
-            progress.clone(),
-            preview.as_ref().map(|p| p.rows),
-            show_bar,
-            config.quiet,
-        ));
-        dispatcher.run(queue).await;
-        display.abort();
-        let _ = display.await;
-    }
-    let read = join(reader, "reader");
-    drop(ledger);
-    let ledger = join(ledger_thread, "ledger")?;
-    read?;
-
-    let stop = stopper.reason().cloned();
-    let stop_text = stop.as_ref().map(StopReason::describe);
-    let counts = if config.dry_run {
-        let mut counts = Counts::default();
-        ledger.for_each_result(|_, _, o| {
-            counts.add(if o.status == Status::Pending {
-                Status::NotSent
-            } else {
-                o.status
-            });
-            Ok(())
-        })?;
-        counts
-    } else {
-        results::render(
-            &config.input,
-            &config.input_options,
-            &ledger,
-            &config.out,
-            Unfinished {
-                stop: stop_text.as_deref(),
-            },
-        )?
-    };
-    let code = if config.dry_run {
-        if counts.get(Status::Invalid) > 0 {
-            2
-        } else {
-            0
-        }
-    } else {
-        exit_code(&counts, stop.as_ref())
-    };
-    if let Err(e) = ledger.finish(code) {
+    let rendered = results::render(
+        &config.input.path,
+        &config.input.options,
+        store.as_mut(),
+        run,
+        &config.out,
+        &unsent,
+    )?;
+    let code = exit_code(&rendered.counts, stop.as_ref());
+    if let Err(e) = store.close(code, cx.clock.now()) {
         tracing::warn!("could not close the run in the ledger: {e:#}");
     }
-    let mut summary = Summary::new(&counts, &progress, started, config.simulate);
-    summary.exit_code = code;
-    summary.dry_run = config.dry_run;
-    summary.stopped = stop_text;
-    summary.results = (!config.dry_run).then(|| config.out.clone());
-    summary.ledger = ledger_path;
-    if let Some(path) = &config.summary_json {
-        let json = serde_json::to_vec_pretty(&summary)?;
-        std::fs::write(path, json)
-            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
-    }
+    let summary = summarise(&config, rendered, &progress, started, stop, code, run);
+    summary.write_json(config.summary_json.as_deref())?;
     if let Some(sim) = simulator {
-        sim.shutdown().await;
+        cx.runtime.block_on(sim.shutdown());
     }
-    signals.abort();
     Ok(summary)
 }
 
-fn settings(c: &Config) -> Settings {
-    Settings {
-        rate: c.rate,
-        burst: c.burst,
-        concurrency: c.concurrency,
-        max_attempts: c.max_attempts,
-        backoff_base: c.backoff_base,
-        backoff_max: c.backoff_max,
-        retry_after_max: c.retry_after_max,
-        retry_ambiguous: c.retry_ambiguous,
-        max_failure_ratio: c.max_failure_ratio,
-        min_attempts_for_ratio: c.min_attempts_for_ratio,
-        shutdown_grace: c.shutdown_grace,
+/// Starts the built-in simulator when it is the target, and points the client at it.
+fn start_target(config: &mut Send, cx: &RunContext) -> Result<Option<Simulator>> {
+    if config.target != Target::Simulator {
+        return Ok(None);
     }
-}
-
-/// First SIGINT/SIGTERM: stop starting requests and finish cleanly. Second: exit at once;
-/// the in-flight marks already in the ledger keep the rerun safe.
-async fn watch_signals(stopper: Arc<Stopper>) {
-    use tokio::signal::unix::{signal, Signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return;
-    };
-    async fn next(int: &mut Signal, term: &mut Signal) {
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-    }
-    next(&mut int, &mut term).await;
+    let sim = cx
+        .runtime
+        .block_on(Simulator::spawn(SimConfig::default()))
+        .context("cannot start the simulator")?;
+    config.client.base_url = sim.base_url();
     eprintln!(
-        "\ninterrupted: finishing the requests in flight (press Ctrl-C again to quit at once)"
+        "SIMULATION: sending to the built-in simulator at {} — nothing reaches myKaarma",
+        config.client.base_url
     );
-    stopper.stop(StopReason::Interrupted);
-    next(&mut int, &mut term).await;
-    eprintln!("interrupted twice: exiting now; rerun the same command to resume safely");
-    std::process::exit(130);
+    Ok(Some(sim))
 }
 
-/// A progress bar on a terminal; otherwise a log line every 10 s.
-async fn show_progress(progress: Arc<Progress>, total: Option<u64>, bar: bool, quiet: bool) {
-    if quiet {
-        return;
+/// Asks a person at a terminal before the real API is reached; the row count for the
+/// progress bar, when one is shown.
+fn ask(config: &Send) -> Result<Option<u64>> {
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let bar = config.ui.progress && Screen::can_show_bar();
+    let ask = interactive && !config.ui.yes && config.target != Target::Simulator;
+    if !bar && !ask {
+        return Ok(None);
     }
-    let failures = |p: &Progress| p.get(Status::Failed) + p.get(Status::Unknown);
-    if bar {
-        let pb = indicatif::ProgressBar::with_draw_target(
-            total,
-            indicatif::ProgressDrawTarget::stderr_with_hz(5),
-        );
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  ETA {eta}  {msg}",
-            )
-            .expect("valid template"),
-        );
-        crate::set_progress_bar(Some(pb.clone()));
-        struct Clear(indicatif::ProgressBar);
-        impl Drop for Clear {
-            fn drop(&mut self) {
-                self.0.finish_and_clear();
-                crate::set_progress_bar(None);
+    let p = preview(&config.input)?;
+    if ask && !confirm(&p, &config.client.base_url)? {
+        bail!("nothing sent: not confirmed");
+    }
+    Ok(Some(p.rows))
+}
+
+/// Runs the reader and the dispatcher until every row is sent or the run stops; the
+/// reader's verdict. Every ledger handle is gone when it returns.
+fn dispatch_rows(
+    config: &Send,
+    cx: &RunContext,
+    ledger: LedgerHandle,
+    progress: Arc<Progress>,
+    tally: Arc<Tally>,
+    total: Option<u64>,
+) -> Result<Result<()>> {
+    let concurrency = config.dispatch.concurrency;
+    let (tx, queue) = mpsc::channel(concurrency);
+    let reader = spawn_reader(
+        config.input.clone(),
+        ledger.clone(),
+        tx,
+        cx.stopper.clone(),
+        progress.clone(),
+        concurrency.clamp(1, 64),
+    );
+    let client = Client::new(&config.client)?;
+    let dispatcher = Dispatcher::new(
+        client,
+        ledger,
+        config.dispatch.clone(),
+        cx.stopper.clone(),
+        progress.clone(),
+        tally,
+        cx.clock,
+    );
+    let bar = (config.ui.progress && Screen::can_show_bar()).then(|| cx.screen.clone());
+    let display = (!config.ui.quiet).then(|| {
+        cx.runtime
+            .spawn(screen::show_progress(progress, total, bar))
+    });
+    cx.runtime.block_on(dispatcher.run(queue));
+    if let Some(display) = display {
+        display.abort();
+        let _ = cx.runtime.block_on(display);
+    }
+    Ok(join(reader, "reader"))
+}
+
+fn summarise(
+    config: &Send,
+    rendered: Rendered,
+    progress: &Progress,
+    started: Instant,
+    stop: Option<StopReason>,
+    code: u8,
+    run: crate::domain::RunId,
+) -> Summary {
+    let mut summary = Summary::new(rendered.counts, code);
+    summary.requests = progress.requests();
+    summary.elapsed_seconds = round2(started.elapsed().as_secs_f64());
+    summary.requests_per_second = round2(progress.requests_per_second());
+    summary.simulation = config.target == Target::Simulator;
+    summary.run = Some(run.to_string());
+    summary.results = Some(config.out.clone());
+    summary.ledger = match &config.ledger {
+        Location::Throwaway => None,
+        other => Some(other.describe()),
+    };
+    summary.stopped = stop.as_ref().map(StopReason::describe);
+    summary
+}
+
+/// A batch of records on its way through admission, with the requests of its valid rows.
+type InFlight = (ledger::Pending, Vec<(Entry, Option<Request>)>);
+
+/// Reads the input on its own thread: duplicates found, each batch admitted by the ledger
+/// (two batches at most in flight, so an intent flush overlaps the next batch's reading),
+/// and the rows to send queued. Once the run has stopped it keeps reading, so that every
+/// row is in the ledger, `not_sent`.
+fn spawn_reader(
+    input: Input,
+    ledger: LedgerHandle,
+    queue: mpsc::Sender<Admitted>,
+    stopper: Arc<Stopper>,
+    progress: Arc<Progress>,
+    batch: usize,
+) -> std::thread::JoinHandle<Result<()>> {
+    std::thread::Builder::new()
+        .name("reader".into())
+        .spawn(move || {
+            let mut reader = InputReader::open(&input.path, &input.options)?;
+            let mut seen = Seen::new()?;
+            let mut raw = csv::ByteRecord::new();
+            let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+            loop {
+                let rows = read_batch(&mut reader, &mut seen, &mut raw, batch)?;
+                let end = rows.is_empty();
+                if !end {
+                    let entries = rows.iter().map(|(e, _)| e.clone()).collect();
+                    let pending = ledger.admit_blocking(entries, stopper.reason().cloned())?;
+                    in_flight.push_back((pending, rows));
+                }
+                while in_flight.len() > 1 || (end && !in_flight.is_empty()) {
+                    let (pending, rows) = in_flight.pop_front().expect("not empty");
+                    queue_rows(pending.wait()?, rows, &queue, &progress);
+                }
+                if end {
+                    return Ok(());
+                }
             }
-        }
-        let _clear = Clear(pb.clone());
-        loop {
-            pb.set_position(progress.done());
-            pb.set_message(format!(
-                "{:.0} req/s  failures: {}",
-                progress.requests_per_second(),
-                failures(&progress)
+        })
+        .expect("spawn the reader thread")
+}
+
+/// Up to `batch` records, with duplicates of earlier lines found.
+fn read_batch(
+    reader: &mut InputReader,
+    seen: &mut Seen,
+    raw: &mut csv::ByteRecord,
+    batch: usize,
+) -> Result<Vec<(Entry, Option<Request>)>> {
+    seen.batch(|b| {
+        let mut rows = Vec::with_capacity(batch);
+        while rows.len() < batch {
+            let Some(record) = reader.next_record(raw)? else {
+                break;
+            };
+            let (kind, request) = match record.parsed {
+                Err(invalid) => (EntryKind::Invalid(invalid.message(record.line)), None),
+                Ok(req) => {
+                    let (dept, invoice) = (req.department.as_str(), req.invoice.as_str());
+                    match b.first_line(dept, invoice, record.line)? {
+                        Some(first_line) => {
+                            let kind = EntryKind::Duplicate {
+                                first_line,
+                                dept: dept.to_string(),
+                                invoice: invoice.to_string(),
+                            };
+                            (kind, None)
+                        }
+                        None => {
+                            let kind = EntryKind::Valid {
+                                dept: dept.to_string(),
+                                invoice: invoice.to_string(),
+                            };
+                            (kind, Some(req))
+                        }
+                    }
+                }
+            };
+            rows.push((
+                Entry {
+                    seq: record.seq,
+                    line: record.line,
+                    kind,
+                },
+                request,
             ));
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    } else {
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            tracing::info!(
-                done = progress.done(),
-                total = total.unwrap_or(0),
-                requests = progress.requests.load(Ordering::Relaxed),
-                failures = failures(&progress),
-                req_per_s = round2(progress.requests_per_second()),
-                "progress"
-            );
+        Ok(rows)
+    })
+}
+
+/// Queues the rows admission sent on; counts the rest as done. A closed queue (the
+/// dispatcher stopped) leaves rows admitted but unsent, which settling makes `not_sent`.
+fn queue_rows(
+    admitted: Vec<Admission>,
+    rows: Vec<(Entry, Option<Request>)>,
+    queue: &mpsc::Sender<Admitted>,
+    progress: &Progress,
+) {
+    for (admission, (entry, request)) in admitted.into_iter().zip(rows) {
+        match (admission, request) {
+            (Admission::Send { note }, Some(request)) => {
+                let row = Admitted {
+                    seq: entry.seq,
+                    line: entry.line,
+                    request,
+                    note,
+                };
+                // A closed queue: the dispatcher stopped; settling reports the row.
+                let _ = queue.blocking_send(row);
+            }
+            (Admission::Done(status, skip), _) => {
+                let mut counts = progress.counts.lock().unwrap();
+                counts.add(status, skip);
+            }
+            (Admission::Send { .. }, None) => {}
         }
     }
 }

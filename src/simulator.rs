@@ -1,4 +1,6 @@
-//! In-process fake of the myKaarma payment-request endpoint (SPEC §8).
+//! In-process fake of the myKaarma payment-request endpoint and the invoice paid-status
+//! check (SPEC §8), under `/` and under `/payment` alike, so that a rehearsal changes only
+//! the host of the real base URL.
 //!
 //! Rehearsals, tests and benchmarks need the whole send path — retries, rate limits, hostile
 //! answers — without any chance of notifying a real customer, and they need to prove
@@ -64,6 +66,11 @@ pub struct Stats {
     pub per_second: Vec<u64>,
     pub by_status: BTreeMap<u16, u64>,
     pub recent: Vec<RequestRecord>,
+    /// Paid-status checks, apart from the payment requests above.
+    #[serde(default)]
+    pub paid_checks: u64,
+    #[serde(default)]
+    pub paid_checks_by_invoice: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -210,10 +217,9 @@ impl Shared {
         self.counters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn arrive(&self, key: &str) -> Arrival {
-        let mut guard = self.lock();
-        let c = &mut *guard;
-        let now = Instant::now();
+    /// Counts a request in the sliding window every request shares (payment requests and
+    /// paid-status checks alike, as an API's rate limit would); whether it is over the limit.
+    fn window(c: &mut Counters, config: &SimConfig, now: Instant) -> bool {
         while c
             .window
             .front()
@@ -223,19 +229,38 @@ impl Shared {
         }
         c.window.push_back(now);
         let in_window = c.window.len();
-        let rate_limited = self
-            .config
-            .rate_limit
-            .is_some_and(|n| in_window > n as usize);
+        c.stats.max_per_second = c.stats.max_per_second.max(in_window as u64);
         let elapsed = now.duration_since(c.started);
         let second = elapsed.as_secs() as usize;
+        if c.stats.per_second.len() <= second {
+            c.stats.per_second.resize(second + 1, 0);
+        }
+        c.stats.per_second[second] += 1;
+        config.rate_limit.is_some_and(|n| in_window > n as usize)
+    }
+
+    /// A paid-status check: counted apart from payment requests. Whether it is rate limited.
+    fn check_arrives(&self, invoice: &str) -> (bool, u64) {
+        let mut guard = self.lock();
+        let c = &mut *guard;
+        let now = Instant::now();
+        let limited = Shared::window(c, &self.config, now);
+        c.stats.paid_checks += 1;
+        *c.stats
+            .paid_checks_by_invoice
+            .entry(invoice.to_owned())
+            .or_default() += 1;
+        (limited, now.duration_since(c.started).as_millis() as u64)
+    }
+
+    fn arrive(&self, key: &str) -> Arrival {
+        let mut guard = self.lock();
+        let c = &mut *guard;
+        let now = Instant::now();
+        let rate_limited = Shared::window(c, &self.config, now);
+        let elapsed = now.duration_since(c.started);
         let s = &mut c.stats;
         s.total_requests += 1;
-        s.max_per_second = s.max_per_second.max(in_window as u64);
-        if s.per_second.len() <= second {
-            s.per_second.resize(second + 1, 0);
-        }
-        s.per_second[second] += 1;
         match s.by_invoice.get_mut(key) {
             Some(n) => *n += 1,
             None => {
@@ -295,6 +320,9 @@ struct Incoming<'a> {
 /// One handler for every path, so hostile URLs are still counted rather than dropped by a router.
 async fn payment_request(State(sim): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    if let Some(invoice) = paid_status_query(&parts.method, &parts.uri) {
+        return paid_status(&sim, &parts, &invoice).await;
+    }
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         Err(_) => Value::Null,
@@ -413,10 +441,73 @@ fn department<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
     if method != Method::POST {
         return None;
     }
-    let dept = path
+    let dept = unprefixed(path)
         .strip_prefix("/v4/departments/")?
         .strip_suffix("/payment-requests")?;
     (!dept.is_empty() && !dept.contains('/')).then_some(dept)
+}
+
+/// The path without the real API's `/payment` prefix.
+fn unprefixed(path: &str) -> &str {
+    path.strip_prefix("/payment")
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or(path)
+}
+
+/// The invoice asked about, if this is a paid-status check (`""` when none is given).
+fn paid_status_query(method: &Method, uri: &axum::http::Uri) -> Option<String> {
+    if method != Method::GET || unprefixed(uri.path()) != "/kpayment/v1/invoicePaidStatus" {
+        return None;
+    }
+    let query = uri.query().unwrap_or("");
+    let invoice = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "invoiceGUID")
+        .map(|(_, v)| v.into_owned());
+    Some(invoice.unwrap_or_default())
+}
+
+/// `GET /kpayment/v1/invoicePaidStatus`: `paid-` invoices are paid, `noscope-` ones are
+/// refused as if the credentials lacked the scope, others are not paid.
+async fn paid_status(sim: &Shared, parts: &axum::http::request::Parts, invoice: &str) -> Response {
+    let (limited, at_ms) = sim.check_arrives(invoice);
+    let creds = basic_credentials(&parts.headers);
+    let refused = match (&sim.config.username, &sim.config.password, &creds) {
+        (Some(user), Some(pass), Some((u, p))) => u != user || p != pass,
+        (Some(_), Some(_), None) => true,
+        _ => false,
+    };
+    let prefix = invoice.split_once('-').map_or("", |(p, _)| p);
+    let response = match () {
+        _ if refused => fail(401, WRONG_CREDENTIAL, false),
+        _ if limited => fail(429, TOO_MANY_REQUESTS, true),
+        _ if invoice.is_empty() => fail(400, INVALID_REQUEST_DATA, false),
+        _ if prefix == "noscope" => fail(403, MISSING_SCOPE, false),
+        _ => {
+            let paid = prefix == "paid";
+            let body = serde_json::json!({
+                "errors": [], "warnings": [], "paid": paid,
+                "amount": if paid { Some(125.5) } else { None },
+                "approvalCode": if paid { Some("SIM-APPROVED") } else { None },
+            });
+            (StatusCode::OK, Json(body)).into_response()
+        }
+    };
+    sim.finish(RequestRecord {
+        at_ms,
+        key: format!("paid-status/{invoice}"),
+        path: parts.uri.to_string(),
+        status: response.status().as_u16(),
+        headers: header_record(&parts.headers),
+        auth_user: creds.map(|(user, _)| user),
+        body: Value::Null,
+    });
+    if !sim.config.latency.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(sim.config.latency) => {}
+            () = sim.shutdown.cancelled() => {}
+        }
+    }
+    response
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
@@ -493,6 +584,11 @@ const INTERNAL_SERVER_EXCEPTION: ApiError = error(100005, "INTERNAL_SERVER_EXCEP
 const INVALID_REQUEST_DATA: ApiError = error(100006, "INVALID_REQUEST_DATA", "Invalid data");
 const INTERNAL_SERVER_ERROR: ApiError = error(100007, "INTERNAL_SERVER_ERROR", "Failed");
 const INVALID_DEPARTMENT_TOKEN: ApiError = error(100013, "INVALID_DEPARTMENT_TOKEN", "Denied");
+const MISSING_SCOPE: ApiError = error(
+    100002,
+    "ACCESS_FORBIDDEN",
+    "These credentials lack the scope payment.invoice.check.paid",
+);
 const TOO_MANY_REQUESTS: ApiError = error(429, "TOO_MANY_REQUESTS", "Slow down");
 const UNAVAILABLE: ApiError = error(503, "SERVICE_UNAVAILABLE", "Try again later");
 const NOT_FOUND: ApiError = error(404, "NOT_FOUND", "No such endpoint");

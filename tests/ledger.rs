@@ -36,7 +36,7 @@ async fn running_the_same_command_twice_sends_nothing_the_second_time() {
     assert_eq!(second.summary["requests"], 0);
     let msg = &second.rows[0]["message"];
     assert!(
-        msg.starts_with("sent 20") && msg.contains("by run 1"),
+        msg.starts_with("sent 20") && msg.contains("by run r1"),
         "{msg}"
     );
     // Links from the first run are not in the second run's rows, but the rows still say why.
@@ -376,7 +376,7 @@ async fn a_schema_1_ledger_is_upgraded_and_its_memory_kept() {
         run.stderr
     );
     assert!(
-        run.rows[0]["message"].contains("by run 1"),
+        run.rows[0]["message"].contains("by run r1"),
         "{:?}",
         run.rows[0]
     );
@@ -393,7 +393,7 @@ async fn a_schema_1_ledger_is_upgraded_and_its_memory_kept() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     // The old run's row details moved, not lost.
     let link: String = conn
         .query_row(

@@ -1,0 +1,646 @@
+//! What each command is to do, validated: the command line ([`crate::cli`]) merged with
+//! the config file and the environment, built-in default < file < environment < flag, and
+//! checked before any work starts (as ripgrep's "high-level args" are). Resolved before
+//! logging starts, so the file's `log_format` counts too.
+//!
+//! The [`Config`] is a tree of what each stage consumes: the input options, the client's,
+//! dispatch's and the ledger's settings, each built by a small function of its own.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::cli::{self, Format, InputArgs, LedgerArgs, LogFormat, SendArgs, SimulateArgs};
+use crate::client::{ClientSettings, Credentials, Secret};
+use crate::dispatch::{self, Backoff};
+use crate::domain::{Clock, RunId};
+use crate::input::{Column, Flags, InputOptions};
+use crate::ledger::{Location, Policy};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.mykaarma.com/payment";
+
+/// The config file. Every key is optional; unknown keys are an error naming the key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    base_url: Option<String>,
+    rate: Option<u32>,
+    burst: Option<u32>,
+    concurrency: Option<usize>,
+    max_attempts: Option<u32>,
+    timeout: Option<String>,
+    connect_timeout: Option<String>,
+    backoff_base: Option<String>,
+    backoff_max: Option<String>,
+    retry_after_max: Option<String>,
+    retry_ambiguous: Option<bool>,
+    max_failure_ratio: Option<f64>,
+    min_attempts_for_ratio: Option<u32>,
+    shutdown_grace: Option<String>,
+    ledger: Option<String>,
+    dedupe_window: Option<String>,
+    retention: Option<String>,
+    delimiter: Option<String>,
+    log_format: Option<LogFormat>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    /// Only here to refuse it with a useful message; the value is never read or echoed.
+    password: Option<toml::Value>,
+    /// Merged over the built-in defaults key by key (`Flags` is `serde(default)`).
+    defaults: Option<Flags>,
+    #[serde(default)]
+    columns: HashMap<String, String>,
+}
+
+impl FileConfig {
+    pub fn load(path: Option<&Path>) -> Result<FileConfig> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        // toml's own error text quotes the offending source line, which could be a
+        // password written into the wrong key: report the line number and message only.
+        let file: FileConfig = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let at = line.map(|l| format!(", line {l}")).unwrap_or_default();
+            anyhow::anyhow!("config file {}{at}: {}", path.display(), e.message().trim())
+        })?;
+        if file.password.is_some() {
+            bail!(
+                "config file {}: `password` is not accepted in the config file; \
+                 put it in a file named by `password_file`, or in INVOICE_DISPATCH_PASSWORD",
+                path.display()
+            );
+        }
+        Ok(file)
+    }
+}
+
+/// A validated command and what it needs.
+pub struct Config {
+    pub command: Command,
+    pub log: Log,
+    pub clock: Clock,
+    /// Said while resolving, before logging started; `main` logs them.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Log {
+    pub format: LogFormat,
+    pub quiet: bool,
+}
+
+pub enum Command {
+    Send(Box<Send>),
+    DryRun(DryRun),
+    Validate(Input),
+    Simulate(SimulateArgs),
+    Look(Look),
+}
+
+/// The input file and how to read it.
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub path: PathBuf,
+    pub options: InputOptions,
+}
+
+/// Where requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The built-in simulator, started for this run on a loopback port.
+    Simulator,
+    Url(String),
+}
+
+impl Target {
+    /// The name the ledger scopes records by. The simulator listens on a new port each run,
+    /// so one stable name lets `--simulate --ledger` rehearse a rerun too.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Simulator => "built-in simulator",
+            Target::Url(url) => url,
+        }
+    }
+}
+
+/// `send`.
+pub struct Send {
+    pub input: Input,
+    pub out: PathBuf,
+    pub target: Target,
+    /// `base_url` is filled in once the target is known (the simulator's port).
+    pub client: ClientSettings,
+    pub dispatch: dispatch::Settings,
+    pub ledger: Location,
+    pub policy: Policy,
+    pub summary_json: Option<PathBuf>,
+    pub ui: Ui,
+}
+
+/// How the run talks to a person.
+#[derive(Clone, Copy, Debug)]
+pub struct Ui {
+    pub progress: bool,
+    pub quiet: bool,
+    /// Do not ask before sending to the real API.
+    pub yes: bool,
+}
+
+/// `send --dry-run`: validate, and list the requests that would be sent.
+pub struct DryRun {
+    pub input: Input,
+    pub target: Target,
+    pub summary_json: Option<PathBuf>,
+}
+
+/// The commands that look back at the ledger (SPEC section 10).
+pub struct Look {
+    pub ledger: Location,
+    pub format: Format,
+    pub what: LookAt,
+}
+
+pub enum LookAt {
+    Runs {
+        last: usize,
+    },
+    History {
+        invoice: String,
+        department: Option<String>,
+    },
+    Export {
+        run: RunId,
+        out: Option<PathBuf>,
+    },
+    Resolve {
+        results: PathBuf,
+        target: Option<String>,
+    },
+}
+
+/// Resolves the command line into a validated config.
+pub fn resolve(cli: cli::Command) -> Result<Config> {
+    let clock = Clock::from_env()?;
+    let mut warnings = Vec::new();
+    let (command, log) = match cli {
+        cli::Command::Send(args) => send_or_dry_run(&args, &mut warnings)?,
+        cli::Command::Validate(args) => {
+            let file = FileConfig::load(args.config.as_deref())?;
+            (Command::Validate(input(&args, &file)?), Log::default())
+        }
+        cli::Command::Simulate(args) => (Command::Simulate(args), Log::default()),
+        cli::Command::Runs(a) => look(&a.ledger, LookAt::Runs { last: a.last })?,
+        cli::Command::History(a) => look(
+            &a.ledger,
+            LookAt::History {
+                invoice: a.invoice,
+                department: a.department,
+            },
+        )?,
+        cli::Command::Export(a) => {
+            let run = RunId::parse(&a.run).with_context(|| {
+                format!(
+                    "{:?} is not a run id like r42 (see `invoice-dispatch runs`)",
+                    a.run
+                )
+            })?;
+            look(&a.ledger, LookAt::Export { run, out: a.out })?
+        }
+        cli::Command::Resolve(a) => look(
+            &a.ledger,
+            LookAt::Resolve {
+                results: a.results,
+                target: a.target,
+            },
+        )?,
+    };
+    Ok(Config {
+        command,
+        log,
+        clock,
+        warnings,
+    })
+}
+
+fn send_or_dry_run(args: &SendArgs, warnings: &mut Vec<String>) -> Result<(Command, Log)> {
+    let file = FileConfig::load(args.common.config.as_deref())?;
+    let log = Log {
+        format: args.log_format.or(file.log_format).unwrap_or_default(),
+        quiet: args.quiet,
+    };
+    let input = input(&args.common, &file)?;
+    let target = target(args, &file)?;
+    if args.dry_run {
+        let summary_json = args.summary_json.clone();
+        return Ok((
+            Command::DryRun(DryRun {
+                input,
+                target,
+                summary_json,
+            }),
+            log,
+        ));
+    }
+    let out = match &args.out {
+        Some(out) => out.clone(),
+        None => default_out(&input.path),
+    };
+    if out == input.path {
+        bail!(
+            "--out {} is the input file; results would overwrite it",
+            out.display()
+        );
+    }
+    let dispatch = dispatch_settings(args, &file)?;
+    let send = Send {
+        client: client(args, &file, &target, dispatch.concurrency, warnings)?,
+        dispatch,
+        ledger: ledger(args, &file)?,
+        policy: policy(args, &file)?,
+        summary_json: args.summary_json.clone(),
+        ui: Ui {
+            progress: !args.no_progress && !args.quiet,
+            quiet: args.quiet,
+            yes: args.yes,
+        },
+        input,
+        out,
+        target,
+    };
+    Ok((Command::Send(Box::new(send)), log))
+}
+
+/// Input options shared by `validate` and `send`.
+fn input(args: &InputArgs, file: &FileConfig) -> Result<Input> {
+    let mut columns = HashMap::new();
+    for (key, header) in &file.columns {
+        let column = Column::from_key(key).with_context(|| {
+            let known: Vec<_> = Column::ALL.iter().map(|c| c.key()).collect();
+            format!(
+                "[columns] has unknown key `{key}`; known: {}",
+                known.join(", ")
+            )
+        })?;
+        columns.insert(column, header.clone());
+    }
+    let delimiter = match (args.delimiter, &file.delimiter) {
+        (Some(d), _) => Some(d),
+        (None, Some(s)) => {
+            Some(cli::parse_delimiter(s).map_err(|e| anyhow::anyhow!("config `delimiter`: {e}"))?)
+        }
+        (None, None) => None,
+    };
+    Ok(Input {
+        path: args.input.clone(),
+        options: InputOptions {
+            delimiter,
+            columns,
+            defaults: file.defaults.unwrap_or_default(),
+        },
+    })
+}
+
+fn target(args: &SendArgs, file: &FileConfig) -> Result<Target> {
+    if args.simulate {
+        return Ok(Target::Simulator);
+    }
+    let raw = args
+        .base_url
+        .clone()
+        .or_else(|| file.base_url.clone())
+        .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+    Ok(Target::Url(check_base_url(&raw)?))
+}
+
+fn client(
+    args: &SendArgs,
+    file: &FileConfig,
+    target: &Target,
+    pool_size: usize,
+    warnings: &mut Vec<String>,
+) -> Result<ClientSettings> {
+    let timeout = match args.timeout {
+        Some(secs) if secs.is_finite() && secs > 0.0 => Duration::from_secs_f64(secs),
+        Some(secs) => bail!("--timeout {secs} must be a positive number of seconds"),
+        None => duration("timeout", file.timeout.as_ref(), "30s")?,
+    };
+    let credentials = credentials(file, warnings)?;
+    if credentials.is_none() && *target != Target::Simulator {
+        bail!(
+            "no credentials: set INVOICE_DISPATCH_USERNAME and INVOICE_DISPATCH_PASSWORD, \
+             or `username` and `password_file` in the config file (or rehearse with --simulate)"
+        );
+    }
+    Ok(ClientSettings {
+        base_url: match target {
+            Target::Url(url) => url.clone(),
+            Target::Simulator => String::new(),
+        },
+        credentials,
+        timeout,
+        connect_timeout: duration("connect_timeout", file.connect_timeout.as_ref(), "10s")?,
+        pool_size,
+    })
+}
+
+fn credentials(file: &FileConfig, warnings: &mut Vec<String>) -> Result<Option<Credentials>> {
+    let username = env("INVOICE_DISPATCH_USERNAME").or_else(|| file.username.clone());
+    let password = match env("INVOICE_DISPATCH_PASSWORD") {
+        Some(p) => Some(Secret::new(p)),
+        None => file
+            .password_file
+            .as_deref()
+            .map(|path| read_password_file(path, warnings))
+            .transpose()?,
+    };
+    match (username, password) {
+        (Some(username), Some(password)) => Ok(Some(Credentials { username, password })),
+        (None, None) => Ok(None),
+        (Some(_), None) => bail!(
+            "a username is set but no password: set INVOICE_DISPATCH_PASSWORD or `password_file` in the config"
+        ),
+        (None, Some(_)) => bail!(
+            "a password is set but no username: set INVOICE_DISPATCH_USERNAME or `username` in the config"
+        ),
+    }
+}
+
+fn dispatch_settings(args: &SendArgs, file: &FileConfig) -> Result<dispatch::Settings> {
+    let rate = args.rate.or(file.rate).unwrap_or(10);
+    let burst = args.burst.or(file.burst).unwrap_or(5);
+    let concurrency = args.concurrency.or(file.concurrency).unwrap_or(8);
+    let max_attempts = args.max_attempts.or(file.max_attempts).unwrap_or(5);
+    if concurrency == 0 {
+        bail!("concurrency must be at least 1");
+    }
+    if max_attempts == 0 {
+        bail!("max_attempts must be at least 1");
+    }
+    if rate > 0 && burst == 0 {
+        bail!("burst must be at least 1 when a rate is set");
+    }
+    let max_failure_ratio = file.max_failure_ratio.unwrap_or(0.5);
+    if !(0.0..=1.0).contains(&max_failure_ratio) {
+        bail!("max_failure_ratio must be between 0 and 1, not {max_failure_ratio}");
+    }
+    Ok(dispatch::Settings {
+        rate,
+        burst,
+        concurrency,
+        max_attempts,
+        backoff: Backoff {
+            base: duration("backoff_base", file.backoff_base.as_ref(), "500ms")?,
+            max: duration("backoff_max", file.backoff_max.as_ref(), "30s")?,
+            retry_after_max: duration("retry_after_max", file.retry_after_max.as_ref(), "60s")?,
+        },
+        retry_ambiguous: file.retry_ambiguous.unwrap_or(false),
+        max_failure_ratio,
+        min_attempts_for_ratio: file.min_attempts_for_ratio.unwrap_or(20),
+        shutdown_grace: duration("shutdown_grace", file.shutdown_grace.as_ref(), "10s")?,
+        skip_paid: false,
+    })
+}
+
+fn policy(args: &SendArgs, file: &FileConfig) -> Result<Policy> {
+    Ok(Policy {
+        dedupe_window: duration("dedupe_window", file.dedupe_window.as_ref(), "12h")?,
+        resend: args.resend,
+        retry_unknown: args.retry_unknown,
+        retention: duration("retention", file.retention.as_ref(), "400d")?,
+    })
+}
+
+/// Where `send` keeps its ledger (SPEC section 7).
+fn ledger(args: &SendArgs, file: &FileConfig) -> Result<Location> {
+    if args.no_ledger {
+        return Ok(Location::Throwaway);
+    }
+    if let Some(given) = args.ledger.as_deref().or(file.ledger.as_deref()) {
+        return location(given);
+    }
+    if args.simulate {
+        return Ok(Location::Throwaway);
+    }
+    if env("KUBERNETES_SERVICE_HOST").is_some() {
+        bail!(
+            "running in Kubernetes without an explicit ledger: the default one would live in \
+             the container and vanish with it, and the next run would notify every customer \
+             again; give --ledger (or the `ledger` key, or INVOICE_DISPATCH_LEDGER) a path on a \
+             PersistentVolume"
+        );
+    }
+    Ok(Location::Sqlite(default_ledger_path()?))
+}
+
+fn location(given: &str) -> Result<Location> {
+    if given.trim().is_empty() {
+        bail!("the ledger is set but empty: give a path");
+    }
+    Ok(Location::Sqlite(PathBuf::from(given)))
+}
+
+/// The ledger the look-back commands read: `--ledger`, the config's, or the default.
+fn look(args: &LedgerArgs, what: LookAt) -> Result<(Command, Log)> {
+    let file = FileConfig::load(args.config.as_deref())?;
+    let ledger = match args.ledger.as_deref().or(file.ledger.as_deref()) {
+        Some(given) => location(given)?,
+        None => Location::Sqlite(default_ledger_path()?),
+    };
+    let look = Look {
+        ledger,
+        format: args.format,
+        what,
+    };
+    Ok((Command::Look(look), Log::default()))
+}
+
+fn duration(key: &str, value: Option<&String>, default: &str) -> Result<Duration> {
+    let text = value.map(String::as_str).unwrap_or(default);
+    humantime::parse_duration(text).with_context(|| {
+        format!("`{key}` = {text:?} is not a duration like \"500ms\", \"30s\" or \"12h\"")
+    })
+}
+
+/// Reads an environment variable; a value that is not valid Unicode is treated as unset.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// `INPUT.results.csv` beside the input (`invoices.csv` -> `invoices.results.csv`).
+pub fn default_out(input: &Path) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into());
+    input.with_file_name(format!("{stem}.results.csv"))
+}
+
+fn default_ledger_path() -> Result<PathBuf> {
+    let dir = dirs::data_dir()
+        .context("cannot find the user's data folder for the ledger; pass --ledger PATH")?;
+    Ok(dir.join("invoice-dispatch").join("ledger.sqlite3"))
+}
+
+fn read_password_file(path: &Path, warnings: &mut Vec<String>) -> Result<Secret> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read password_file {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                warnings.push(format!(
+                    "password_file {} is readable by other users; chmod 600 it",
+                    path.display()
+                ));
+            }
+        }
+    }
+    let password = text.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        bail!("password_file {} is empty", path.display());
+    }
+    Ok(Secret::new(password))
+}
+
+/// Normalises and checks the API base URL: https anywhere, http only to loopback, so that
+/// credentials never cross a network in clear text.
+pub fn check_base_url(raw: &str) -> Result<String> {
+    let url = reqwest::Url::parse(raw.trim())
+        .with_context(|| format!("base_url {raw:?} is not a URL"))?;
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!("base_url {raw:?} must not have a query or fragment");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        bail!("base_url must not contain credentials; use INVOICE_DISPATCH_USERNAME/PASSWORD");
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => bail!(
+            "base_url {raw:?}: http:// is refused for non-loopback hosts (credentials would travel in clear text); use https://"
+        ),
+        other => bail!("base_url {raw:?}: scheme {other:?} is not http or https"),
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<FileConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        FileConfig::load(Some(&path))
+    }
+
+    #[test]
+    fn http_is_refused_except_to_loopback() {
+        assert!(check_base_url("http://example.com/payment").is_err());
+        assert!(check_base_url("http://10.0.0.1/payment").is_err());
+        assert_eq!(
+            check_base_url("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert!(check_base_url("http://[::1]:9/x").is_ok());
+        assert!(check_base_url("http://localhost:9").is_ok());
+        assert_eq!(
+            check_base_url("https://api.mykaarma.com/payment/").unwrap(),
+            "https://api.mykaarma.com/payment"
+        );
+        assert!(check_base_url("https://h/p?x=1").is_err());
+        assert!(check_base_url("ftp://h/p").is_err());
+    }
+
+    #[test]
+    fn password_in_config_is_refused_without_echoing_it() {
+        let err = format!("{:#}", load("password = \"hunter2\"\n").unwrap_err());
+        assert!(err.contains("password_file"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_config_line_is_not_echoed() {
+        for text in ["rate = 5\npasword = \"hunter2\"\n", "password = hunter2\n"] {
+            let err = format!("{:#}", load(text).unwrap_err());
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains("c.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_example_config_loads_with_every_key_uncommented() {
+        let example = include_str!("../config.example.toml");
+        load(example).unwrap();
+        // Commented-out keys are documented too: they must be real keys.
+        let all: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(key, _)| {
+                        !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(all.contains("\nusername = "), "{all}");
+        let file = load(&all).unwrap();
+        assert_eq!(file.columns.len(), 7);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = format!("{:#}", load("rate = 5\nrtae = 5\n").unwrap_err());
+        assert!(err.contains("rtae"), "{err}");
+        let err = format!(
+            "{:#}",
+            load("[defaults]\nsend_as_txt = true\n").unwrap_err()
+        );
+        assert!(err.contains("send_as_txt"), "{err}");
+    }
+
+    #[test]
+    fn defaults_merge_over_the_built_in_ones_key_by_key() {
+        let file = load("[defaults]\nesign_required = true\n").unwrap();
+        let flags = file.defaults.unwrap();
+        assert!(flags.esign_required && flags.send_as_text);
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new("hunter2".into());
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+
+    #[test]
+    fn default_out_sits_beside_the_input() {
+        assert_eq!(
+            default_out(Path::new("dir/invoices.csv")),
+            PathBuf::from("dir/invoices.results.csv")
+        );
+    }
+}

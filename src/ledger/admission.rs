@@ -1,0 +1,328 @@
+//! The rerun rules (SPEC sections 7 and 10) as one pure function of what the ledger knows
+//! of an invoice, the run's policy and the time. The stores only fetch and record.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{rfc3339, RunId, Skip};
+
+/// How admission treats what earlier runs did.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// A row sent (or partial) this recently is skipped.
+    pub dedupe_window: Duration,
+    /// Send even within the dedupe window.
+    pub resend: bool,
+    /// Send rows an earlier run may have delivered.
+    pub retry_unknown: bool,
+    /// Per-row history older than this is pruned when a run starts.
+    pub retention: Duration,
+}
+
+/// How the last request an earlier run made for the invoice ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LastStatus {
+    Sent,
+    Partial,
+    Failed,
+    /// No answer was read: it may have been delivered (this includes requests that were in
+    /// flight when their run died).
+    Unknown,
+}
+
+/// A person's verdict on an unknown row (`resolve`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    pub delivered: bool,
+    pub by: String,
+    pub on: DateTime<Utc>,
+}
+
+/// What the ledger knows of an invoice (per target and department) from earlier runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prior {
+    pub status: LastStatus,
+    pub run: RunId,
+    pub at: DateTime<Utc>,
+    /// The last time it was sent (or partial), whatever happened after.
+    pub sent: Option<(RunId, DateTime<Utc>)>,
+    /// Set only while `status` is `Unknown`.
+    pub resolution: Option<Resolution>,
+    /// Another run holds it and is alive (a shared ledger): run and host.
+    pub claimed_by: Option<(RunId, String)>,
+}
+
+/// What admission decides for a valid row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Send it; the note, if any, goes into the row's message.
+    Send {
+        note: Option<String>,
+    },
+    Skip(Skip),
+}
+
+pub fn decide(prior: Option<&Prior>, policy: &Policy, now: DateTime<Utc>) -> Decision {
+    let send = Decision::Send { note: None };
+    let Some(p) = prior else { return send };
+    if let Some((run, host)) = &p.claimed_by {
+        return Decision::Skip(Skip::BeingSent {
+            run: *run,
+            host: host.clone(),
+        });
+    }
+    let within_window = |at: DateTime<Utc>| {
+        !policy.resend && (now - at).to_std().unwrap_or_default() < policy.dedupe_window
+    };
+    match (p.status, &p.resolution) {
+        (LastStatus::Unknown, Some(r)) if r.delivered => {
+            // A person found it delivered: it counts as sent when it was sent.
+            if within_window(p.at) {
+                Decision::Skip(Skip::ResolvedDelivered {
+                    by: r.by.clone(),
+                    on: r.on,
+                    run: p.run,
+                })
+            } else {
+                send
+            }
+        }
+        (LastStatus::Unknown, Some(r)) => Decision::Send {
+            note: Some(format!(
+                "resolved not delivered by {} on {}, so sent again",
+                r.by,
+                rfc3339(r.on)
+            )),
+        },
+        (LastStatus::Unknown, None) if !policy.retry_unknown => {
+            Decision::Skip(Skip::MaybeDelivered {
+                run: p.run,
+                at: p.at,
+            })
+        }
+        _ => match p.sent {
+            Some((run, at)) if within_window(at) => Decision::Skip(Skip::SentEarlier { run, at }),
+            _ => send,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+
+    fn policy(resend: bool, retry_unknown: bool) -> Policy {
+        Policy {
+            dedupe_window: Duration::from_secs(12 * 3600),
+            resend,
+            retry_unknown,
+            retention: Duration::from_secs(400 * 86400),
+        }
+    }
+
+    fn prior(status: LastStatus, hours_ago: i64, sent_hours_ago: Option<i64>) -> Prior {
+        let now = now();
+        Prior {
+            status,
+            run: RunId(7),
+            at: now - TimeDelta::hours(hours_ago),
+            sent: sent_hours_ago.map(|h| (RunId(6), now - TimeDelta::hours(h))),
+            resolution: None,
+            claimed_by: None,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-29T08:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn resolved(delivered: bool, hours_ago: i64) -> Prior {
+        Prior {
+            resolution: Some(Resolution {
+                delivered,
+                by: "ana".into(),
+                on: now(),
+            }),
+            ..prior(LastStatus::Unknown, hours_ago, None)
+        }
+    }
+
+    /// The short name of a decision, for the table.
+    fn name(d: Decision) -> &'static str {
+        use crate::domain::SkipKind::*;
+        match d {
+            Decision::Send { note: None } => "send",
+            Decision::Send { note: Some(_) } => "send (noted)",
+            Decision::Skip(s) => match s.kind() {
+                SentEarlier => "skip: sent earlier",
+                MaybeDelivered => "skip: maybe delivered",
+                ResolvedDelivered => "skip: resolved delivered",
+                BeingSent => "skip: being sent",
+                AlreadyPaid => "skip: paid",
+            },
+        }
+    }
+
+    #[test]
+    fn the_rerun_rules_as_a_table() {
+        use LastStatus::*;
+        let claimed = Prior {
+            claimed_by: Some((RunId(9), "pod-b".into())),
+            ..prior(Failed, 1, None)
+        };
+        // (what the ledger knows, resend, retry_unknown, decision)
+        let table: Vec<(&str, Option<Prior>, bool, bool, &str)> = vec![
+            ("first seen", None, false, false, "send"),
+            (
+                "sent 1 h ago",
+                Some(prior(Sent, 1, Some(1))),
+                false,
+                false,
+                "skip: sent earlier",
+            ),
+            (
+                "partial 1 h ago",
+                Some(prior(Partial, 1, Some(1))),
+                false,
+                false,
+                "skip: sent earlier",
+            ),
+            (
+                "sent 13 h ago",
+                Some(prior(Sent, 13, Some(13))),
+                false,
+                false,
+                "send",
+            ),
+            (
+                "sent 1 h ago, --resend",
+                Some(prior(Sent, 1, Some(1))),
+                true,
+                false,
+                "send",
+            ),
+            (
+                "failed, never sent",
+                Some(prior(Failed, 1, None)),
+                false,
+                false,
+                "send",
+            ),
+            // A failed --resend does not forget the real send before it.
+            (
+                "failed after a send 1 h ago",
+                Some(prior(Failed, 0, Some(1))),
+                false,
+                false,
+                "skip: sent earlier",
+            ),
+            (
+                "unknown",
+                Some(prior(Unknown, 1, None)),
+                false,
+                false,
+                "skip: maybe delivered",
+            ),
+            (
+                "unknown a month ago",
+                Some(prior(Unknown, 720, None)),
+                false,
+                false,
+                "skip: maybe delivered",
+            ),
+            (
+                "unknown, --retry-unknown",
+                Some(prior(Unknown, 1, None)),
+                false,
+                true,
+                "send",
+            ),
+            (
+                "unknown, --resend only",
+                Some(prior(Unknown, 1, None)),
+                true,
+                false,
+                "skip: maybe delivered",
+            ),
+            (
+                "resolved delivered 1 h ago",
+                Some(resolved(true, 1)),
+                false,
+                false,
+                "skip: resolved delivered",
+            ),
+            (
+                "resolved delivered, --retry-unknown",
+                Some(resolved(true, 1)),
+                false,
+                true,
+                "skip: resolved delivered",
+            ),
+            (
+                "resolved delivered 13 h ago",
+                Some(resolved(true, 13)),
+                false,
+                false,
+                "send",
+            ),
+            (
+                "resolved delivered, --resend",
+                Some(resolved(true, 1)),
+                true,
+                false,
+                "send",
+            ),
+            (
+                "resolved not delivered",
+                Some(resolved(false, 1)),
+                false,
+                false,
+                "send (noted)",
+            ),
+            (
+                "claimed by a live run",
+                Some(claimed),
+                true,
+                true,
+                "skip: being sent",
+            ),
+        ];
+        for (what, prior, resend, retry_unknown, want) in table {
+            let got = name(decide(
+                prior.as_ref(),
+                &policy(resend, retry_unknown),
+                now(),
+            ));
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn skips_say_which_run_and_when() {
+        let d = decide(
+            Some(&prior(LastStatus::Sent, 2, Some(2))),
+            &policy(false, false),
+            now(),
+        );
+        let Decision::Skip(skip) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            skip.message(),
+            "sent 2026-11-29T06:00:00Z by run r6; within the dedupe window (--resend to send again)"
+        );
+        let d = decide(Some(&resolved(false, 1)), &policy(false, false), now());
+        assert_eq!(
+            d,
+            Decision::Send {
+                note: Some(
+                    "resolved not delivered by ana on 2026-11-29T08:00:00Z, so sent again".into()
+                )
+            }
+        );
+    }
+}

@@ -1,0 +1,457 @@
+//! The ledger: the source of truth for every row's outcome, and the memory that makes a
+//! rerun safe. Two stores keep it, SQLite (one machine) and PostgreSQL (many), behind one
+//! [`Store`] interface; the rerun rules are a pure function beside them ([`admission`]).
+//!
+//! # Never twice, whatever dies (SPEC section 7)
+//!
+//! Before a request leaves, the ledger can prove afterwards whether it may have left:
+//!
+//! 1. **Intent** (durable): a row is admitted, and so may be sent, only in a commit that is
+//!    flushed before the row is queued. Intents are written in batches, ahead of the send
+//!    slots: the flush happens while earlier rows' requests are out, not on any request's
+//!    path. A batch is at most `concurrency` rows and the reader keeps at most two batches
+//!    and one queue (`concurrency` rows) ahead, so at most about four times `concurrency`
+//!    rows hold an intent without having left.
+//! 2. **Leaving mark** (written, not flushed): just before a request's first byte leaves,
+//!    the sending task appends the row's number to the run's marks file (SQLite), or
+//!    commits it without waiting for the disk (PostgreSQL, `synchronous_commit = off`). It
+//!    reaches the operating system (or the server) before the request leaves, so it
+//!    survives the death of the process, though not of the machine (or the server).
+//! 3. **Outcome** (written, flushed later): each answer rides the next commit. After a
+//!    power cut a lost outcome leaves an intent with a leaving mark, or with no evidence at
+//!    all, and both read as `unknown`: a lost outcome never turns into a resend.
+//!
+//! Each run records the machine's boot id (`/proc/sys/kernel/random/boot_id`;
+//! `INVOICE_DISPATCH_TEST_BOOT_ID` for tests), or for PostgreSQL the server's start time.
+//! A later run that finds a dead run's rows with an intent and no outcome settles them:
+//! same boot id, so the marks file is intact: a row with a leaving mark is `unknown`, a row
+//! without one never left and is sent normally; another boot id, or none: every such row
+//! is `unknown`, since its mark may have been lost.
+//!
+//! | what dies | what it leaves | what the next run does |
+//! |---|---|---|
+//! | SIGKILL, OOM kill, panic, a second Ctrl-C | intents, marks in the OS cache, outcomes committed so far | same boot: rows with a mark and no outcome `unknown` (at most the requests in flight), the rest sent normally |
+//! | power cut, kernel crash, reboot | intents (flushed); marks and recent outcomes maybe lost | another boot id: every row with an intent and no outcome `unknown` (at most ~4 x `concurrency`) |
+//! | pod moved to another node (SQLite on a volume) | as above | another boot id: as above |
+//! | PostgreSQL server crash or restart | intents (synchronous commits); marks and outcomes maybe lost | another server start time: every such row `unknown` |
+//! | the client machine, with a PostgreSQL ledger | everything committed reached the server | same server start time: marks are authoritative |
+//!
+//! A run that ends normally (even interrupted, or stopped by a breaker) settles its own
+//! rows before it writes the results: rows never started become `not_sent`, rows still in
+//! flight `unknown`; so only runs that died leave settling to the next run.
+
+pub mod admission;
+mod sqlite;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::{Clock, Counts, Outcome, RunId, SkipKind, Status, StopReason};
+
+pub use admission::{Decision, Policy};
+
+/// Where the ledger lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file: reruns consult it.
+    Sqlite(PathBuf),
+    /// A temporary SQLite ledger deleted at the end: nothing is remembered across runs.
+    Throwaway,
+}
+
+impl Location {
+    /// How the ledger is named in messages and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(path) => path.display().to_string(),
+            Location::Throwaway => "none (throwaway)".to_string(),
+        }
+    }
+}
+
+/// What a run records about itself.
+#[derive(Clone, Debug)]
+pub struct RunInfo {
+    /// The target URL, or `built-in simulator`: records are scoped by it.
+    pub target: String,
+    /// The input file as given.
+    pub input: PathBuf,
+    pub input_sha256: String,
+    pub results: Option<PathBuf>,
+    pub host: String,
+    pub user: String,
+    pub started: DateTime<Utc>,
+}
+
+impl RunInfo {
+    /// Everything but the target, read off this process and its input.
+    pub fn new(
+        target: &str,
+        input: &Path,
+        results: Option<&Path>,
+        clock: &Clock,
+    ) -> Result<RunInfo> {
+        Ok(RunInfo {
+            target: target.to_string(),
+            input: input.to_path_buf(),
+            input_sha256: sha256_file(input)?,
+            results: results.map(absolute),
+            host: whoami::fallible::hostname().unwrap_or_else(|_| "unknown".into()),
+            user: whoami::username(),
+            started: clock.now(),
+        })
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The machine's boot id: a change means the machine restarted (or is another machine)
+/// since, so marks that were written but not flushed may be gone.
+pub fn boot_id() -> Option<String> {
+    if let Ok(id) = std::env::var("INVOICE_DISPATCH_TEST_BOOT_ID") {
+        return Some(id);
+    }
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string()).filter(|id| !id.is_empty())
+}
+
+/// One input record, as admission sees it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub seq: u64,
+    pub line: u64,
+    pub kind: EntryKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum EntryKind {
+    /// Failed validation; the message names line, column and value.
+    Invalid(String),
+    /// Repeats the record on `first_line`.
+    Duplicate {
+        first_line: u64,
+        dept: String,
+        invoice: String,
+    },
+    Valid {
+        dept: String,
+        invoice: String,
+    },
+}
+
+/// What admission made of a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// To be sent: its intent is durable.
+    Send { note: Option<String> },
+    /// Finished at admission.
+    Done(Status, Option<SkipKind>),
+}
+
+/// How the run that is ending ended, for the rows it left unfinished.
+#[derive(Clone, Debug)]
+pub struct RunEnd {
+    pub stop: Option<StopReason>,
+}
+
+/// One row of a run, as the results file and `export` show it.
+#[derive(Clone, Debug)]
+pub struct ResultRow {
+    pub seq: u64,
+    pub line: u64,
+    /// (department, invoice) for a valid row.
+    pub key: Option<(String, String)>,
+    pub outcome: Outcome,
+}
+
+/// A run, as `runs` lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub started: DateTime<Utc>,
+    pub finished: Option<DateTime<Utc>>,
+    pub host: String,
+    pub user: String,
+    pub input: String,
+    pub input_sha256: String,
+    pub target: String,
+    pub counts: Counts,
+    pub skipped_unknown: u64,
+    pub already_paid: u64,
+    /// `None` while it runs, or if it died.
+    pub exit_code: Option<i64>,
+    /// `finished`, `running` or `died`.
+    pub state: String,
+}
+
+/// One line of an invoice's history.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub run: String,
+    pub target: String,
+    pub department: String,
+    /// `request`, `row` (what the run made of the row) or `resolution`.
+    pub what: String,
+    pub status: String,
+    pub http_status: Option<u16>,
+    pub text_sent: Option<String>,
+    pub email_sent: Option<String>,
+    pub payment_link: Option<String>,
+    pub invoice_link: Option<String>,
+    pub errors: String,
+    pub message: String,
+}
+
+/// A person's verdict on one row of a results file.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    pub line: u64,
+    pub dept: String,
+    pub invoice: String,
+    pub delivered: bool,
+}
+
+/// What `resolve` did, or why it recorded nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Resolved {
+    pub delivered: u64,
+    pub not_delivered: u64,
+    /// Verdicts the ledger already held, word for word.
+    pub already: u64,
+    /// (line, why) of every row refused; when any is, nothing was recorded.
+    pub refused: Vec<(u64, String)>,
+}
+
+/// A store keeps the ledger's tables. The writer thread owns it during a run; the commands
+/// of SPEC section 10 use it directly.
+pub trait Store: Send {
+    /// Settles runs that died, prunes history past `policy.retention`, records this run.
+    fn begin(&mut self, run: &RunInfo, policy: &Policy, now: DateTime<Utc>) -> Result<RunId>;
+    /// Where this run's leaving marks go.
+    fn marks(&self) -> Result<Marks>;
+    /// Decides and records a batch of admissions and records outcomes, in one commit; the
+    /// commit is durable before it returns when any row was admitted to be sent.
+    fn commit(&mut self, batch: &mut Batch, policy: &Policy, now: DateTime<Utc>) -> Result<()>;
+    /// Settles the rows this run left unfinished and folds the run into the memory of what
+    /// was sent; durable when it returns. The run's counts.
+    fn settle(&mut self, end: &RunEnd, now: DateTime<Utc>) -> Result<Counts>;
+    fn close(&mut self, exit_code: u8, now: DateTime<Utc>) -> Result<()>;
+    /// Every row of `run`, in input order.
+    fn results(&mut self, run: RunId, f: &mut dyn FnMut(ResultRow) -> Result<()>) -> Result<()>;
+    fn current_run(&self) -> Option<RunId>;
+    /// The last `last` runs, newest first.
+    fn runs(&mut self, last: usize) -> Result<Vec<RunRecord>>;
+    fn run(&mut self, run: RunId) -> Result<Option<RunRecord>>;
+    fn history(&mut self, invoice: &str, dept: Option<&str>) -> Result<Vec<HistoryEntry>>;
+    /// Records every verdict or, if any is refused, none.
+    fn resolve(
+        &mut self,
+        target: Option<&str>,
+        results: &Path,
+        verdicts: &[Verdict],
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Resolved>;
+    /// How the ledger is named in messages (never with a password).
+    fn describe(&self) -> String;
+}
+
+/// Admissions and outcomes committed together.
+#[derive(Default)]
+pub struct Batch {
+    /// Each admission request's records, and (filled in by the store) what became of them.
+    pub admits: Vec<(Vec<Entry>, Vec<Admission>, Option<StopReason>)>,
+    pub outcomes: Vec<(u64, Outcome)>,
+}
+
+/// Opens the ledger for a run.
+pub fn open(location: &Location, read_only: bool) -> Result<Box<dyn Store>> {
+    match location {
+        Location::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open(path, read_only)?)),
+        Location::Throwaway => Ok(Box::new(sqlite::SqliteStore::throwaway()?)),
+    }
+}
+
+/// Where leaving marks go.
+#[derive(Clone)]
+pub enum Marks {
+    /// A file of 8-byte row numbers, appended to by each sending task: the append reaches
+    /// the OS page cache before the request leaves, with no thread hop and no flush.
+    File(Arc<File>),
+}
+
+impl Marks {
+    pub async fn leave(&self, seq: u64) -> Result<()> {
+        match self {
+            Marks::File(file) => {
+                use std::io::Write;
+                // One write(2) of 8 bytes on an O_APPEND file: whole or not at all, and
+                // never interleaved with another task's.
+                (&**file)
+                    .write_all(&seq.to_le_bytes())
+                    .context("cannot write the leaving mark")
+            }
+        }
+    }
+}
+
+/// Commands folded into one commit at most.
+const GROUP_MAX: usize = 512;
+
+enum Cmd {
+    Admit {
+        entries: Vec<Entry>,
+        /// Set when the run has stopped: rows admitted now are `not_sent` at once.
+        stopped: Option<StopReason>,
+        reply: oneshot::Sender<Result<Vec<Admission>, String>>,
+    },
+    Record {
+        seq: u64,
+        outcome: Box<Outcome>,
+    },
+}
+
+/// A cheap, cloneable way to reach the ledger's writer thread.
+#[derive(Clone)]
+pub struct LedgerHandle {
+    tx: mpsc::Sender<Cmd>,
+    marks: Marks,
+}
+
+fn gone() -> anyhow::Error {
+    anyhow::anyhow!("the ledger writer stopped")
+}
+
+/// The writer thread; joined, it gives the store back.
+pub type Writer = std::thread::JoinHandle<Result<Box<dyn Store>>>;
+
+/// Starts the writer thread for a run begun on `store`. Joining the thread (after every
+/// handle is dropped) gives the store back for settling and rendering.
+pub fn spawn(
+    store: Box<dyn Store>,
+    policy: Policy,
+    clock: Clock,
+) -> Result<(LedgerHandle, Writer)> {
+    let marks = store.marks()?;
+    let (tx, rx) = mpsc::channel(1024);
+    let thread = std::thread::Builder::new()
+        .name("ledger".into())
+        .spawn(move || serve(store, rx, policy, clock))
+        .context("cannot start the ledger thread")?;
+    Ok((LedgerHandle { tx, marks }, thread))
+}
+
+/// Commits whatever commands have queued up together (group commit).
+fn serve(
+    mut store: Box<dyn Store>,
+    mut rx: mpsc::Receiver<Cmd>,
+    policy: Policy,
+    clock: Clock,
+) -> Result<Box<dyn Store>> {
+    let mut cmds = Vec::with_capacity(GROUP_MAX);
+    while let Some(first) = rx.blocking_recv() {
+        cmds.push(first);
+        while cmds.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(cmd) => cmds.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let mut batch = Batch::default();
+        let mut replies = Vec::new();
+        for cmd in cmds.drain(..) {
+            match cmd {
+                Cmd::Admit {
+                    entries,
+                    stopped,
+                    reply,
+                } => {
+                    batch.admits.push((entries, Vec::new(), stopped));
+                    replies.push(reply);
+                }
+                Cmd::Record { seq, outcome } => batch.outcomes.push((seq, *outcome)),
+            }
+        }
+        let result = store.commit(&mut batch, &policy, clock.now());
+        let failed = result.as_ref().err().map(|e| format!("{e:#}"));
+        for (reply, (_, admitted, _)) in replies.into_iter().zip(batch.admits) {
+            let _ = reply.send(match &failed {
+                Some(e) => Err(e.clone()),
+                None => Ok(admitted),
+            });
+        }
+        result?;
+    }
+    Ok(store)
+}
+
+impl LedgerHandle {
+    /// Records the records' admission; what became of each, in order. Blocking: for the
+    /// reader thread. The rows to send have a durable intent when this returns.
+    pub fn admit_blocking(
+        &self,
+        entries: Vec<Entry>,
+        stopped: Option<StopReason>,
+    ) -> Result<Pending> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Cmd::Admit {
+                entries,
+                stopped,
+                reply,
+            })
+            .map_err(|_| gone())?;
+        Ok(Pending(rx))
+    }
+}
+
+/// An admission on its way; [`Pending::wait`] gives its answer.
+pub struct Pending(oneshot::Receiver<Result<Vec<Admission>, String>>);
+
+impl Pending {
+    pub fn wait(self) -> Result<Vec<Admission>> {
+        self.0
+            .blocking_recv()
+            .map_err(|_| gone())?
+            .map_err(|e| anyhow::anyhow!("ledger write failed: {e}"))
+    }
+}
+
+impl crate::dispatch::Journal for LedgerHandle {
+    async fn leaving(&self, seq: u64) -> Result<()> {
+        self.marks.leave(seq).await
+    }
+
+    async fn record(&self, seq: u64, outcome: Outcome) -> Result<()> {
+        self.tx
+            .send(Cmd::Record {
+                seq,
+                outcome: Box::new(outcome),
+            })
+            .await
+            .map_err(|_| gone())
+    }
+}
+
+/// `duration` as people write it in the config (`"400d"`).
+pub fn describe_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}

@@ -1,0 +1,125 @@
+//! The terminal a person watches: one progress bar, and log lines printed above it rather
+//! than through it. `main` makes one [`Screen`] and hands it to the log writer and to the
+//! run; nothing global.
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::dispatch::Progress;
+use crate::domain::Status;
+
+/// Where the progress bar is while one is shown.
+#[derive(Clone, Default)]
+pub struct Screen {
+    bar: Arc<Mutex<Option<indicatif::ProgressBar>>>,
+}
+
+impl Screen {
+    fn bar(&self) -> Option<indicatif::ProgressBar> {
+        self.bar.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn show(&self, bar: Option<indicatif::ProgressBar>) {
+        *self.bar.lock().unwrap_or_else(|e| e.into_inner()) = bar;
+    }
+}
+
+/// stderr for tracing, with the progress bar suspended while a line is written.
+pub struct LogWriter(Screen);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.bar() {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Screen {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter(self.clone())
+    }
+}
+
+impl Screen {
+    /// Whether a bar can be shown: stderr is a terminal.
+    pub fn can_show_bar() -> bool {
+        std::io::stderr().is_terminal()
+    }
+}
+
+/// Shows the run's progress until aborted: on `bar` if given, else a log line every 10 s.
+pub async fn show_progress(progress: Arc<Progress>, total: Option<u64>, bar: Option<Screen>) {
+    match bar {
+        Some(screen) => show_bar(progress, total, screen).await,
+        None => log_lines(progress, total).await,
+    }
+}
+
+fn failures(p: &Progress) -> u64 {
+    let counts = p.counts();
+    counts.get(Status::Failed) + counts.get(Status::Unknown)
+}
+
+async fn show_bar(progress: Arc<Progress>, total: Option<u64>, screen: Screen) {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        total,
+        indicatif::ProgressDrawTarget::stderr_with_hz(5),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  ETA {eta}  {msg}",
+        )
+        .expect("valid template"),
+    );
+    screen.show(Some(bar.clone()));
+    /// Clears the bar however the task ends (it is aborted).
+    struct Clear(indicatif::ProgressBar, Screen);
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            self.0.finish_and_clear();
+            self.1.show(None);
+        }
+    }
+    let _clear = Clear(bar.clone(), screen);
+    loop {
+        bar.set_position(progress.counts().rows());
+        let waiting = progress.waiting.lock().unwrap().clone();
+        bar.set_message(match waiting {
+            Some(why) => why,
+            None => format!(
+                "{:.0} req/s  failures: {}",
+                progress.requests_per_second(),
+                failures(&progress)
+            ),
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn log_lines(progress: Arc<Progress>, total: Option<u64>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Some(why) = progress.waiting.lock().unwrap().clone() {
+            tracing::info!("{why}");
+            continue;
+        }
+        tracing::info!(
+            done = progress.counts().rows(),
+            total = total.unwrap_or(0),
+            requests = progress.requests(),
+            failures = failures(&progress),
+            req_per_s = (progress.requests_per_second() * 100.0).round() / 100.0,
+            "progress"
+        );
+    }
+}
