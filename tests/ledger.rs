@@ -434,3 +434,185 @@ async fn simulate_with_a_ledger_rehearses_the_rerun() {
     assert_eq!(second.code, 0, "{}", second.stderr);
     assert_eq!(second.statuses(), ["skipped", "skipped", "skipped"]);
 }
+
+/// Rows of run 1 with an intent and no outcome, and the rows its marks file holds.
+fn intents_and_marks(w: &World) -> (Vec<u64>, Vec<u64>) {
+    let conn = rusqlite::Connection::open(w.ledger()).unwrap();
+    let open: Vec<u64> = conn
+        .prepare(
+            "SELECT r.seq FROM results r LEFT JOIN outcomes o ON o.id = r.id
+             WHERE r.run_id = 1 AND r.status = 'pending' AND o.id IS NULL ORDER BY r.seq",
+        )
+        .unwrap()
+        .query_map([], |r| r.get::<_, i64>(0).map(|s| s as u64))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut marks_path = w.ledger().into_os_string();
+    marks_path.push(".r1.marks");
+    let bytes = std::fs::read(&marks_path).unwrap();
+    let marks = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (open, marks)
+}
+
+/// Sends the rows with answers taking 200 ms, on boot `boot`, and kills the run with
+/// SIGKILL once `after` requests arrived.
+async fn killed_run(w: &World, input: &std::path::Path, boot: &str, after: u64) {
+    let mut child = w
+        .send_command(input, &["--concurrency", "4"])
+        .env("INVOICE_DISPATCH_TEST_BOOT_ID", boot)
+        .spawn()
+        .unwrap();
+    wait_for("requests before the kill", Duration::from_secs(30), || {
+        w.stats().total_requests >= after
+    })
+    .await;
+    signal(&child, libc::SIGKILL);
+    child.wait().await.unwrap();
+}
+
+/// The power-cut stand-in: after a kill, a rerun on another boot id cannot trust the marks
+/// file (a power cut may have lost it), so every row with an intent and no outcome is
+/// unknown and none is sent; on the same boot id, the rows that never left are sent, once.
+#[tokio::test]
+async fn after_a_kill_another_boot_id_makes_every_open_intent_unknown_and_the_same_sends_what_never_left(
+) {
+    for same_boot in [false, true] {
+        let w = World::with(SimConfig {
+            latency: Duration::from_millis(200),
+            ..SimConfig::default()
+        })
+        .await;
+        let input = w.input(&rows(DEPT, "ok-", 80));
+        killed_run(&w, &input, "boot-A", 12).await;
+        let (open, marked) = intents_and_marks(&w);
+        let never_left: Vec<u64> = open
+            .iter()
+            .copied()
+            .filter(|s| !marked.contains(s))
+            .collect();
+        assert!(
+            !never_left.is_empty(),
+            "intents are written ahead of the slots: {open:?}"
+        );
+        let before = w.stats();
+
+        let boot = if same_boot { "boot-A" } else { "boot-B" };
+        let mut rerun_cmd = w.send_command(&input, &["--concurrency", "16"]);
+        rerun_cmd.env("INVOICE_DISPATCH_TEST_BOOT_ID", boot);
+        let rerun = w.finish(rerun_cmd.output().await.unwrap());
+        assert_eq!(rerun.rows.len(), 80, "{}", rerun.stderr);
+        no_invoice_twice(&w);
+        for seq in &open {
+            let row = &rerun.rows[*seq as usize];
+            let invoice = &row["invoice_guid"];
+            let left = marked.contains(seq) || !same_boot;
+            if left {
+                assert_eq!(row["status"], "skipped", "{row:?}");
+                assert!(row["message"].starts_with("unknown"), "{row:?}");
+                assert_eq!(
+                    w.received(DEPT, invoice),
+                    before
+                        .by_invoice
+                        .get(&format!("{DEPT}/{invoice}"))
+                        .copied()
+                        .unwrap_or(0)
+                );
+            } else {
+                assert_eq!(row["status"], "sent", "{row:?}");
+                assert_eq!(w.received(DEPT, invoice), 1);
+            }
+        }
+        // The dead run's rows are settled in the ledger too.
+        let unknown: usize = rerun
+            .rows
+            .iter()
+            .filter(|r| r["message"].starts_with("unknown"))
+            .count();
+        let want = if same_boot {
+            open.len() - never_left.len()
+        } else {
+            open.len()
+        };
+        assert_eq!(unknown, want, "boot {boot}");
+        assert_eq!(rerun.code, if unknown > 0 { 2 } else { 0 });
+    }
+}
+
+/// A ledger written by the release before schema 3 (tests/fixtures/README.md) is upgraded
+/// in place and keeps what it knew, its dead run included.
+#[tokio::test]
+async fn a_schema_2_ledger_is_upgraded_in_place_and_its_dead_run_settled() {
+    let w = World::start().await;
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/ledger-schema2.sqlite3"),
+        w.ledger(),
+    )
+    .unwrap();
+    {
+        let conn = rusqlite::Connection::open(w.ledger()).unwrap();
+        let target = w.sim.base_url();
+        conn.execute("UPDATE runs SET target = ?1", [&target])
+            .unwrap();
+        conn.execute("UPDATE sends SET target = ?1", [&target])
+            .unwrap();
+    }
+    let input = w.input(&[
+        &format!("{DEPT},ok-A1,,"),
+        &format!("{DEPT},notext-A2,,"),
+        &format!("{DEPT},bad-A3,,"),
+        &format!("{DEPT},err500-A4,,"),
+        &format!("{DEPT},ok-B1,,"),
+        &format!("{DEPT},slow-B2,,"),
+        &format!("{DEPT},ok-C1,,"),
+    ]);
+    // The fixture's sends are from 2026-11-29: a window that still covers them.
+    let run = w
+        .send_with_config(&input, "dedupe_window = \"100000d\"", &[])
+        .await;
+    assert_eq!(
+        run.statuses(),
+        ["skipped", "skipped", "failed", "skipped", "skipped", "skipped", "sent"],
+        "{}",
+        run.stderr
+    );
+    for (i, prefix) in [
+        (0, "sent "),
+        (1, "sent "),
+        (3, "unknown"),
+        (4, "sent "),
+        (5, "unknown"),
+    ] {
+        assert!(
+            run.rows[i]["message"].starts_with(prefix),
+            "{:?}",
+            run.rows[i]
+        );
+    }
+    assert_eq!(run.summary["skipped_unknown"], 2);
+    assert_eq!(w.stats().total_requests, 2, "bad-A3 again, and ok-C1");
+    assert_eq!(run.code, 2);
+    let conn = rusqlite::Connection::open(w.ledger()).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    let history = w.look(&["history", "ok-A1", "--format", "json"]).await;
+    assert_eq!(history.code, 0, "{}", history.stderr);
+    let entries: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    let sent = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["status"] == "sent")
+        .unwrap_or_else(|| panic!("{entries:#}"));
+    assert_eq!(sent["run"], "r1");
+    assert!(
+        sent["payment_link"].as_str().unwrap().contains("/p/"),
+        "{sent}"
+    );
+}

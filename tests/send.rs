@@ -630,3 +630,43 @@ async fn an_input_file_saved_over_during_the_run_is_refused_rather_than_mislabel
         "no results file pinned on the wrong rows"
     );
 }
+
+#[tokio::test]
+async fn a_usage_error_exits_1_while_help_and_version_exit_0() {
+    let w = World::start().await;
+    let out = w
+        .command()
+        .args(["send", "--no-such-flag", "x.csv"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+    let out = w.command().args(["send"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    for ok in [&["--help"][..], &["--version"], &["send", "--help"]] {
+        let out = w.command().args(ok).output().await.unwrap();
+        assert_eq!(out.status.code(), Some(0), "{ok:?}");
+    }
+}
+
+#[tokio::test]
+async fn log_format_json_in_the_config_file_makes_stderr_json() {
+    let w = World::start().await;
+    // A refused department logs a warning, so stderr has at least one log line.
+    let input = w.input(&[&format!("{DEPT},noauth-1,,")]);
+    let run = w
+        .send_with_config(&input, "log_format = \"json\"", &[])
+        .await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let (summary, logs) = lines.split_last().unwrap();
+    assert!(summary.contains("1 rows: 1 failed"), "{summary}");
+    assert!(!logs.is_empty(), "{}", run.stderr);
+    for line in logs {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+}

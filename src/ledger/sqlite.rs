@@ -919,7 +919,7 @@ fn history_rows(conn: &Connection, invoice: &str, dept: Option<&str>) -> Result<
     let mut stmt = conn.prepare(
         "SELECT r.id, r.dept, coalesce(o.status, r.status), o.http_status, o.text_sent,
                 o.email_sent, o.payment_link, o.invoice_link, coalesce(o.errors, ''),
-                coalesce(o.message, r.message), coalesce(o.at_ms, u.started_ms), u.target, u.id
+                coalesce(o.message, r.message), o.at_ms, u.target, u.id, r.completed_at, u.started_ms
          FROM results r JOIN runs u ON u.id = r.run_id LEFT JOIN outcomes o ON o.id = r.id
          WHERE r.id IN (
                  SELECT id FROM by_invoice WHERE key = invoice_key(?1)
@@ -939,8 +939,16 @@ fn history_rows(conn: &Connection, invoice: &str, dept: Option<&str>) -> Result<
         let run = RunId(r.get(12)?);
         entries.extend(earlier_attempts(conn, id, run, &target, &department)?);
         let status: String = r.get(2)?;
+        // When the answer came; for a row settled at admission, when it was admitted.
+        let admitted: String = r.get(13)?;
+        let at = match r.get::<_, Option<i64>>(10)? {
+            Some(ms) => from_millis(ms),
+            None => DateTime::parse_from_rfc3339(&admitted)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_else(|_| from_millis(r.get(14).unwrap_or_default())),
+        };
         entries.push(HistoryEntry {
-            at: from_millis(r.get(10)?),
+            at,
             run: run.to_string(),
             target,
             department,

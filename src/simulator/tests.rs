@@ -334,3 +334,45 @@ fn recent_is_a_bounded_ring() {
     );
     assert_eq!(stats.by_status[&200], RECENT_CAP as u64 + 5);
 }
+
+#[tokio::test]
+async fn the_real_apis_paths_under_payment_answer_too() {
+    let h = Harness::new(SimConfig::default()).await;
+    let reply = h
+        .post(&format!("/payment{ROUTE}"), request("ok-1"), None)
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(h.sim.stats().by_invoice["D1/ok-1"], 1);
+    // Not a prefix of the path in general: only /payment itself.
+    let reply = h
+        .post(&format!("/paymentx{ROUTE}"), request("ok-1"), None)
+        .await;
+    assert_eq!(reply.status, 404);
+    h.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn paid_status_answers_by_prefix_and_is_counted_apart() {
+    let h = Harness::new(SimConfig::default()).await;
+    let base = h.sim.base_url();
+    let check = |invoice: &str| {
+        let url = format!("{base}/payment/kpayment/v1/invoicePaidStatus");
+        h.http.get(url).query(&[("invoiceGUID", invoice)])
+    };
+    let paid = h.send(check("paid-1 & co"), None).await;
+    assert_eq!(paid.status, 200);
+    assert_eq!(paid.json()["paid"], true);
+    assert_eq!(paid.json()["amount"], 125.5);
+    let unpaid = h.send(check("ok-2"), None).await;
+    assert_eq!(
+        (unpaid.status, unpaid.json()["paid"].clone()),
+        (200, json!(false))
+    );
+    let refused = h.send(check("noscope-3"), None).await;
+    assert_eq!(refused.status, 403);
+    let stats = h.sim.stats();
+    assert_eq!(stats.total_requests, 0, "checks are not payment requests");
+    assert_eq!(stats.paid_checks, 3);
+    assert_eq!(stats.paid_checks_by_invoice["paid-1 & co"], 1);
+    h.sim.shutdown().await;
+}

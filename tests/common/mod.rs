@@ -237,3 +237,30 @@ pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> boo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// One finished look-back command (`runs`, `history`, ...).
+#[derive(Debug)]
+pub struct Look {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl World {
+    /// Runs a look-back command on the world's ledger.
+    pub async fn look(&self, args: &[&str]) -> Look {
+        let out = self
+            .command()
+            .args(args)
+            .arg("--ledger")
+            .arg(self.ledger())
+            .output()
+            .await
+            .unwrap();
+        Look {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
