@@ -232,7 +232,14 @@ fn resolve(ledger: &Location, file: &Path, target: Option<&str>, clock: Clock) -
     }
     let mut store = ledger::open(ledger, false)?;
     let by = whoami::username();
-    let report = store.resolve(target, file, &verdicts, &by, clock.now())?;
+    let request = ledger::ResolveRequest {
+        target,
+        results: file,
+        verdicts: &verdicts,
+        by: &by,
+        refused_already: !refused.is_empty(),
+    };
+    let report = store.resolve(&request, clock.now())?;
     refused.extend(report.refused.iter().cloned());
     refused.sort();
     if !refused.is_empty() {

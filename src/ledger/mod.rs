@@ -229,6 +229,18 @@ pub struct Verdict {
     pub delivered: bool,
 }
 
+/// The verdicts of one results file, for [`Store::resolve`].
+pub struct ResolveRequest<'a> {
+    /// The target the rows were sent to, when the caller knows it better than the ledger.
+    pub target: Option<&'a str>,
+    pub results: &'a Path,
+    pub verdicts: &'a [Verdict],
+    /// The OS user recording them.
+    pub by: &'a str,
+    /// Other rows of the file were refused already: check these, record nothing.
+    pub refused_already: bool,
+}
+
 /// What `resolve` did, or why it recorded nothing.
 #[derive(Clone, Debug, Default)]
 pub struct Resolved {
@@ -261,15 +273,8 @@ pub trait Store: Send {
     fn runs(&mut self, last: usize) -> Result<Vec<RunRecord>>;
     fn run(&mut self, run: RunId) -> Result<Option<RunRecord>>;
     fn history(&mut self, invoice: &str, dept: Option<&str>) -> Result<Vec<HistoryEntry>>;
-    /// Records every verdict or, if any is refused, none.
-    fn resolve(
-        &mut self,
-        target: Option<&str>,
-        results: &Path,
-        verdicts: &[Verdict],
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Resolved>;
+    /// Records every verdict or, if any is refused (or others were already), none.
+    fn resolve(&mut self, request: &ResolveRequest, now: DateTime<Utc>) -> Result<Resolved>;
     /// How the ledger is named in messages (never with a password).
     fn describe(&self) -> String;
 }

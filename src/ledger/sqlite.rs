@@ -27,8 +27,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use super::admission::{decide, Decision, LastStatus, Policy, Prior, Resolution};
 use super::{
-    boot_id, Admission, Batch, Entry, EntryKind, HistoryEntry, Marks, Resolved, ResultRow, RunEnd,
-    RunInfo, RunRecord, Store, Verdict,
+    boot_id, Admission, Batch, Entry, EntryKind, HistoryEntry, Marks, ResolveRequest, Resolved,
+    ResultRow, RunEnd, RunInfo, RunRecord, Store, Verdict,
 };
 use crate::domain::{
     from_millis, rfc3339, AttemptNote, Counts, Outcome, RunId, SkipKind, Status, StopReason,
@@ -338,17 +338,11 @@ impl Store for SqliteStore {
         Ok(entries)
     }
 
-    fn resolve(
-        &mut self,
-        target: Option<&str>,
-        results: &Path,
-        verdicts: &[Verdict],
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Resolved> {
-        let target = match target {
+    fn resolve(&mut self, request: &ResolveRequest, now: DateTime<Utc>) -> Result<Resolved> {
+        let verdicts = request.verdicts;
+        let target = match request.target {
             Some(t) => Some(t.to_string()),
-            None => resolve_target(&self.conn, results, verdicts)?,
+            None => resolve_target(&self.conn, request.results, verdicts)?,
         };
         let mut report = Resolved::default();
         let mut record = Vec::new();
@@ -359,13 +353,13 @@ impl Store for SqliteStore {
                 Judged::Refused(why) => report.refused.push((v.line, why)),
             }
         }
-        if !report.refused.is_empty() {
+        if !report.refused.is_empty() || request.refused_already {
             return Ok(report);
         }
         let tx = self.conn.transaction()?;
         for (v, run) in record {
             let target = target.as_deref().unwrap_or_default();
-            record_verdict(&tx, target, v, run, by, results, now)?;
+            record_verdict(&tx, target, v, run, request, now)?;
             if v.delivered {
                 report.delivered += 1;
             } else {
@@ -919,7 +913,8 @@ fn history_rows(conn: &Connection, invoice: &str, dept: Option<&str>) -> Result<
     let mut stmt = conn.prepare(
         "SELECT r.id, r.dept, coalesce(o.status, r.status), o.http_status, o.text_sent,
                 o.email_sent, o.payment_link, o.invoice_link, coalesce(o.errors, ''),
-                coalesce(o.message, r.message), o.at_ms, u.target, u.id, r.completed_at, u.started_ms
+                coalesce(o.message, r.message), o.at_ms, u.target, u.id, r.completed_at, u.started_ms,
+                coalesce(o.attempts, 0)
          FROM results r JOIN runs u ON u.id = r.run_id LEFT JOIN outcomes o ON o.id = r.id
          WHERE r.id IN (
                  SELECT id FROM by_invoice WHERE key = invoice_key(?1)
@@ -952,7 +947,13 @@ fn history_rows(conn: &Connection, invoice: &str, dept: Option<&str>) -> Result<
             run: run.to_string(),
             target,
             department,
-            what: "row".into(),
+            // A row that made requests ends with its last one; others were settled without.
+            what: if r.get::<_, i64>(15)? > 0 {
+                "request"
+            } else {
+                "row"
+            }
+            .into(),
             status: if status == "pending" {
                 "unfinished".into()
             } else {
@@ -1136,10 +1137,10 @@ fn record_verdict(
     target: &str,
     v: &Verdict,
     run: i64,
-    by: &str,
-    file: &Path,
+    request: &ResolveRequest,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    let (by, file) = (request.by, request.results);
     let verdict = if v.delivered {
         "delivered"
     } else {
