@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Send one payment request per row of INPUT and write a results CSV.
-    Send(SendArgs),
+    Send(Box<SendArgs>),
     /// Parse and check every row of INPUT; send nothing. Exits 2 if any row is invalid.
     Validate(InputArgs),
     /// Run the built-in fake myKaarma API, for rehearsals, tests and benchmarks.
@@ -124,6 +124,30 @@ pub struct SendArgs {
     /// Do not ask for confirmation before sending to the real API.
     #[arg(long, short)]
     pub yes: bool,
+    /// The run's HTML report. Default: INPUT.report.html beside the results.
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
+    /// Write no HTML report.
+    #[arg(long, conflicts_with = "report")]
+    pub no_report: bool,
+    /// Prometheus metrics for node_exporter's textfile collector, replaced atomically.
+    #[arg(long, env = "INVOICE_DISPATCH_METRICS_FILE", value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    /// Also push the metrics to this Prometheus Pushgateway (job invoice_dispatch).
+    #[arg(long, env = "INVOICE_DISPATCH_PUSHGATEWAY", value_name = "URL")]
+    pub pushgateway: Option<String>,
+    /// The pushed metrics' `instance` label. Default: the host name.
+    #[arg(long, value_name = "NAME")]
+    pub metrics_instance: Option<String>,
+    /// Ping URL (healthchecks.io style): URL/start when sending starts, URL or URL/<exit
+    /// code> at the end. It may hold a secret, so it is never shown or logged.
+    #[arg(
+        long,
+        env = "INVOICE_DISPATCH_PING_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub ping_url: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -54,6 +54,11 @@ pub struct FileConfig {
     defaults: Option<Flags>,
     #[serde(default)]
     columns: HashMap<String, String>,
+    report: Option<PathBuf>,
+    metrics_file: Option<PathBuf>,
+    pushgateway: Option<String>,
+    metrics_instance: Option<String>,
+    ping_url: Option<String>,
 }
 
 impl FileConfig {
@@ -143,7 +148,20 @@ pub struct Send {
     pub ledger: Location,
     pub policy: Policy,
     pub summary_json: Option<PathBuf>,
+    pub evidence: Evidence,
     pub ui: Ui,
+}
+
+/// Where the run leaves its evidence (SPEC section 11).
+#[derive(Clone, Debug)]
+pub struct Evidence {
+    pub report: Option<PathBuf>,
+    pub metrics_file: Option<PathBuf>,
+    pub pushgateway: Option<reqwest::Url>,
+    /// The pushed metrics' `instance` label.
+    pub instance: String,
+    /// Never shown: it may hold a secret.
+    pub ping: Option<reqwest::Url>,
 }
 
 /// How the run talks to a person.
@@ -267,6 +285,7 @@ fn send_or_dry_run(args: &SendArgs, warnings: &mut Vec<String>) -> Result<(Comma
         ledger: ledger(args, &file)?,
         policy: policy(args, &file)?,
         summary_json: args.summary_json.clone(),
+        evidence: evidence(args, &file, &input.path, &out)?,
         ui: Ui {
             progress: !args.no_progress && !args.quiet,
             quiet: args.quiet,
@@ -417,6 +436,48 @@ fn policy(args: &SendArgs, file: &FileConfig) -> Result<Policy> {
         retry_unknown: args.retry_unknown,
         retention: duration("retention", file.retention.as_ref(), "400d")?,
     })
+}
+
+fn evidence(args: &SendArgs, file: &FileConfig, input: &Path, out: &Path) -> Result<Evidence> {
+    use crate::evidence::metrics::check_url;
+    let report = match (&args.report, args.no_report, &file.report) {
+        (_, true, _) => None,
+        (Some(path), _, _) | (None, false, Some(path)) => Some(path.clone()),
+        (None, false, None) => Some(default_report(input, out)),
+    };
+    let pushgateway = args
+        .pushgateway
+        .clone()
+        .or_else(|| file.pushgateway.clone());
+    let ping = args.ping_url.clone().or_else(|| file.ping_url.clone());
+    Ok(Evidence {
+        report,
+        metrics_file: args
+            .metrics_file
+            .clone()
+            .or_else(|| file.metrics_file.clone()),
+        pushgateway: pushgateway
+            .map(|u| check_url("pushgateway", &u))
+            .transpose()?,
+        instance: match args
+            .metrics_instance
+            .clone()
+            .or_else(|| file.metrics_instance.clone())
+        {
+            Some(name) => name,
+            None => whoami::fallible::hostname().unwrap_or_else(|_| "unknown".into()),
+        },
+        ping: ping.map(|u| check_url("ping_url", &u)).transpose()?,
+    })
+}
+
+/// `INPUT.report.html` beside the results.
+fn default_report(input: &Path, out: &Path) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into());
+    out.with_file_name(format!("{stem}.report.html"))
 }
 
 /// Where `send` keeps its ledger (SPEC section 7).

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use csv::ByteRecord;
 
 use crate::domain::{rfc3339, Counts, Outcome, RunId, SkipKind, Status};
+use crate::evidence::AttentionRow;
 use crate::input::{InputOptions, InputReader, Record};
 use crate::ledger::{ResultRow, Store};
 
@@ -31,17 +32,6 @@ pub const COLUMNS: [&str; 11] = [
 
 /// The rows that need a person that the report lists at most.
 pub const ATTENTION_KEPT: usize = 1000;
-
-/// A row that needs a person, as the report lists it.
-#[derive(Clone, Debug)]
-pub struct AttentionRow {
-    pub line: u64,
-    pub department: String,
-    pub invoice: String,
-    pub status: Status,
-    pub message: String,
-    pub errors: String,
-}
 
 /// What rendering the results found.
 #[derive(Clone, Debug, Default)]

@@ -20,7 +20,8 @@ use crate::client::{Body, Client};
 use crate::config::{DryRun, Input, Send, Target};
 use crate::dispatch::{Admitted, Dispatcher, Progress};
 use crate::domain::{exit_code, Clock, Counts, Outcome, Status, StopReason, Stopper};
-use crate::evidence::Tally;
+use crate::evidence::metrics::{self, Pinger, RunMetrics};
+use crate::evidence::{report, Snapshot, Tally};
 use crate::input::{InputReader, Record, Request, Seen};
 use crate::ledger::{self, Admission, Entry, EntryKind, LedgerHandle, Location, RunEnd, RunInfo};
 use crate::results::{self, Rendered};
@@ -309,6 +310,12 @@ pub fn send(mut config: Send, cx: &RunContext) -> Result<Summary> {
     // Fatal input problems (missing file, missing column) stop us before anything else.
     InputReader::open(&config.input.path, &config.input.options)?;
     check_writable(&config.out, "results")?;
+    if let Some(report) = &config.evidence.report {
+        check_writable(report, "the report")?;
+    }
+    if let Some(metrics) = &config.evidence.metrics_file {
+        check_writable(metrics, "the metrics")?;
+    }
     let simulator = start_target(&mut config, cx)?;
     let total = ask(&config)?;
     if config.ledger == Location::Throwaway && config.target != Target::Simulator {
@@ -329,7 +336,11 @@ pub fn send(mut config: Send, cx: &RunContext) -> Result<Summary> {
     let progress = Arc::new(Progress::default());
     let tally = Arc::new(Tally::new());
     let (handle, writer) = ledger::spawn(store, config.policy, cx.clock)?;
-    let reader = dispatch_rows(&config, cx, handle, progress.clone(), tally, total)?;
+    let pinger = config.evidence.ping.clone().map(Pinger::new);
+    if let Some(pinger) = &pinger {
+        warn_on(cx.runtime.block_on(pinger.start()));
+    }
+    let reader = dispatch_rows(&config, cx, handle, progress.clone(), tally.clone(), total)?;
     let mut store = join(writer, "ledger")?;
     reader?;
     let stop = cx.stopper.reason().cloned();
@@ -354,12 +365,116 @@ pub fn send(mut config: Send, cx: &RunContext) -> Result<Summary> {
     if let Err(e) = store.close(code, cx.clock.now()) {
         tracing::warn!("could not close the run in the ledger: {e:#}");
     }
-    let summary = summarise(&config, rendered, &progress, started, stop, code, run);
+    let summary = summarise(&config, &rendered, &progress, started, stop, code, run);
     summary.write_json(config.summary_json.as_deref())?;
+    let evidence = Evidence {
+        config: &config,
+        summary: &summary,
+        rendered: &rendered,
+        tally: tally.snapshot(),
+        started: info.started,
+    };
+    evidence.leave(cx, pinger.as_ref());
     if let Some(sim) = simulator {
         cx.runtime.block_on(sim.shutdown());
     }
     Ok(summary)
+}
+
+/// A warning for monitoring that failed: it never changes the run's outcome.
+fn warn_on(result: Result<()>) {
+    if let Err(e) = result {
+        tracing::warn!("{e:#}");
+    }
+}
+
+/// What the run leaves for people and monitoring once its results are written.
+struct Evidence<'a> {
+    config: &'a Send,
+    summary: &'a Summary,
+    rendered: &'a Rendered,
+    tally: Snapshot,
+    started: chrono::DateTime<chrono::Utc>,
+}
+
+impl Evidence<'_> {
+    fn leave(&self, cx: &RunContext, pinger: Option<&Pinger>) {
+        let e = &self.config.evidence;
+        if let Some(path) = &e.report {
+            let written = report::write(path, &self.facts());
+            match written {
+                Ok(()) => tracing::info!("report: {}", path.display()),
+                Err(e) => tracing::warn!("{e:#}"),
+            }
+        }
+        let metrics = RunMetrics {
+            counts: &self.summary.counts,
+            by_code: &self.tally.by_code,
+            duration_seconds: self.summary.elapsed_seconds,
+            exit_code: self.summary.exit_code,
+            finished: cx.clock.now(),
+        };
+        if let Some(path) = &e.metrics_file {
+            warn_on(metrics::write_file(path, &metrics));
+        }
+        if let Some(gateway) = &e.pushgateway {
+            warn_on(
+                cx.runtime
+                    .block_on(metrics::push(gateway, &e.instance, &metrics)),
+            );
+        }
+        if let Some(pinger) = pinger {
+            let line = self.summary.line();
+            warn_on(
+                cx.runtime
+                    .block_on(pinger.finish(self.summary.exit_code, &line)),
+            );
+        }
+    }
+
+    fn facts(&self) -> report::Facts<'_> {
+        let (c, s) = (self.config, self.summary);
+        let d = &c.dispatch;
+        let settings = vec![
+            (
+                "target",
+                match &c.target {
+                    Target::Simulator => format!("built-in simulator ({})", c.client.base_url),
+                    Target::Url(url) => url.clone(),
+                },
+            ),
+            (
+                "rate",
+                format!("{} per second (0: unlimited), burst {}", d.rate, d.burst),
+            ),
+            ("concurrency", d.concurrency.to_string()),
+            ("attempts per row", d.max_attempts.to_string()),
+            ("ambiguous answers retried", d.retry_ambiguous.to_string()),
+            ("ledger", c.ledger.describe()),
+            (
+                "dedupe window",
+                humantime::format_duration(c.policy.dedupe_window).to_string(),
+            ),
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ];
+        report::Facts {
+            run: s.run.clone(),
+            started: self.started,
+            input: &c.input.path,
+            results: &c.out,
+            exit_code: s.exit_code,
+            stopped: s.stopped.clone(),
+            simulation: s.simulation,
+            counts: &s.counts,
+            requests: s.requests,
+            elapsed_seconds: s.elapsed_seconds,
+            requests_per_second: s.requests_per_second,
+            tally: &self.tally,
+            attention: &self.rendered.attention,
+            attention_total: self.rendered.attention_total,
+            settings,
+        }
+    }
 }
 
 /// Starts the built-in simulator when it is the target, and points the client at it.
@@ -440,14 +555,14 @@ fn dispatch_rows(
 
 fn summarise(
     config: &Send,
-    rendered: Rendered,
+    rendered: &Rendered,
     progress: &Progress,
     started: Instant,
     stop: Option<StopReason>,
     code: u8,
     run: crate::domain::RunId,
 ) -> Summary {
-    let mut summary = Summary::new(rendered.counts, code);
+    let mut summary = Summary::new(rendered.counts.clone(), code);
     summary.requests = progress.requests();
     summary.elapsed_seconds = round2(started.elapsed().as_secs_f64());
     summary.requests_per_second = round2(progress.requests_per_second());

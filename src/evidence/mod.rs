@@ -5,11 +5,26 @@
 //! (buckets widen as the run grows), a latency histogram, and API errors grouped by code.
 //! The rows that need a person are collected when the results are written, not here.
 
+pub mod metrics;
+pub mod report;
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::client::Attempt;
+use crate::domain::Status;
+
+/// A row that needs a person, as the report lists it.
+#[derive(Clone, Debug)]
+pub struct AttentionRow {
+    pub line: u64,
+    pub department: String,
+    pub invoice: String,
+    pub status: Status,
+    pub message: String,
+    pub errors: String,
+}
 
 /// Time buckets kept at most; past it, neighbours merge and each bucket covers twice as long.
 const MAX_BUCKETS: usize = 600;
@@ -133,7 +148,11 @@ impl Tally {
         let mut groups: Vec<(Kind, String, Group)> = inner
             .groups
             .iter()
-            .map(|((kind, key), g)| (*kind, key.clone(), g.clone()))
+            .map(|((kind, key), g)| {
+                let mut g = g.clone();
+                g.lines.sort_unstable();
+                (*kind, key.clone(), g)
+            })
             .collect();
         groups.sort_by(|a, b| b.2.count.cmp(&a.2.count).then(a.0.cmp(&b.0)));
         Snapshot {
@@ -278,7 +297,11 @@ mod tests {
             (Kind::Error, "100006 INVALID_REQUEST_DATA")
         );
         assert_eq!(group.count, 10);
-        assert_eq!(group.lines, [2, 3, 4, 5, 6]);
+        assert_eq!(
+            group.lines,
+            [2, 3, 4, 5, 6],
+            "the first five, in line order"
+        );
         assert_eq!(group.example, "bad <data>");
         assert_eq!(snap.groups[1].1, "connection lost");
     }
