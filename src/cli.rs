@@ -124,6 +124,13 @@ pub struct SendArgs {
     /// Do not ask for confirmation before sending to the real API.
     #[arg(long, short)]
     pub yes: bool,
+    /// Ask each invoice's paid status first and skip the paid ones (needs the scope
+    /// payment.invoice.check.paid).
+    #[arg(long)]
+    pub skip_paid: bool,
+    /// Send now, whatever the config's send_window says.
+    #[arg(long)]
+    pub ignore_window: bool,
     /// The run's HTML report. Default: INPUT.report.html beside the results.
     #[arg(long, value_name = "PATH")]
     pub report: Option<PathBuf>,

@@ -20,6 +20,7 @@ use crate::dispatch::{self, Backoff};
 use crate::domain::{Clock, RunId};
 use crate::input::{Column, Flags, InputOptions};
 use crate::ledger::{Location, Policy};
+use crate::window::SendWindow;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.mykaarma.com/payment";
 
@@ -54,6 +55,9 @@ pub struct FileConfig {
     defaults: Option<Flags>,
     #[serde(default)]
     columns: HashMap<String, String>,
+    skip_paid: Option<bool>,
+    send_window: Option<String>,
+    timezone: Option<String>,
     report: Option<PathBuf>,
     metrics_file: Option<PathBuf>,
     pushgateway: Option<String>,
@@ -149,6 +153,8 @@ pub struct Send {
     pub policy: Policy,
     pub summary_json: Option<PathBuf>,
     pub evidence: Evidence,
+    /// When requests may leave; `None` without one, or with `--ignore-window`.
+    pub window: Option<SendWindow>,
     pub ui: Ui,
 }
 
@@ -178,6 +184,8 @@ pub struct DryRun {
     pub input: Input,
     pub target: Target,
     pub summary_json: Option<PathBuf>,
+    pub window: Option<SendWindow>,
+    pub skip_paid: bool,
 }
 
 /// The commands that look back at the ledger (SPEC section 10).
@@ -257,16 +265,16 @@ fn send_or_dry_run(args: &SendArgs, warnings: &mut Vec<String>) -> Result<(Comma
     };
     let input = input(&args.common, &file)?;
     let target = target(args, &file)?;
+    let window = window(args, &file)?;
     if args.dry_run {
-        let summary_json = args.summary_json.clone();
-        return Ok((
-            Command::DryRun(DryRun {
-                input,
-                target,
-                summary_json,
-            }),
-            log,
-        ));
+        let dry = DryRun {
+            input,
+            target,
+            summary_json: args.summary_json.clone(),
+            window,
+            skip_paid: args.skip_paid || file.skip_paid.unwrap_or(false),
+        };
+        return Ok((Command::DryRun(dry), log));
     }
     let out = match &args.out {
         Some(out) => out.clone(),
@@ -286,6 +294,7 @@ fn send_or_dry_run(args: &SendArgs, warnings: &mut Vec<String>) -> Result<(Comma
         policy: policy(args, &file)?,
         summary_json: args.summary_json.clone(),
         evidence: evidence(args, &file, &input.path, &out)?,
+        window,
         ui: Ui {
             progress: !args.no_progress && !args.quiet,
             quiet: args.quiet,
@@ -425,8 +434,20 @@ fn dispatch_settings(args: &SendArgs, file: &FileConfig) -> Result<dispatch::Set
         max_failure_ratio,
         min_attempts_for_ratio: file.min_attempts_for_ratio.unwrap_or(20),
         shutdown_grace: duration("shutdown_grace", file.shutdown_grace.as_ref(), "10s")?,
-        skip_paid: false,
+        skip_paid: args.skip_paid || file.skip_paid.unwrap_or(false),
     })
+}
+
+/// The send window, checked even when `--ignore-window` sets it aside for this run.
+fn window(args: &SendArgs, file: &FileConfig) -> Result<Option<SendWindow>> {
+    let window = match &file.send_window {
+        Some(w) => Some(SendWindow::parse(w, file.timezone.as_deref())?),
+        None if file.timezone.is_some() => {
+            bail!("config `timezone` is set but `send_window` is not: add send_window = \"08:00-20:00\", or remove timezone")
+        }
+        None => None,
+    };
+    Ok(window.filter(|_| !args.ignore_window))
 }
 
 fn policy(args: &SendArgs, file: &FileConfig) -> Result<Policy> {

@@ -16,6 +16,7 @@
 //! look         the commands that read the ledger back: runs, history, export, resolve
 //! evidence     the run's tally of requests, latencies and errors
 //! domain       the words every stage shares: statuses, skips, counts, stop reasons, clock
+//! window       the send window: when requests may leave, in the customers' time zone
 //! simulator    the fake API, beside all of it, for rehearsals, tests and benches
 //! ```
 
@@ -32,3 +33,4 @@ pub mod results;
 pub mod run;
 pub mod screen;
 pub mod simulator;
+pub mod window;

@@ -70,7 +70,7 @@ fn execute(config: Config, runtime: &tokio::runtime::Runtime, screen: &Screen) -
             Ok(summary.exit_code)
         }
         Command::DryRun(dry) => {
-            let summary = run::dry_run(&dry)?;
+            let summary = run::dry_run(&dry, &config.clock)?;
             eprintln!("{}", summary.line());
             Ok(summary.exit_code)
         }

@@ -23,10 +23,14 @@ use crate::domain::{exit_code, Clock, Counts, Outcome, Status, StopReason, Stopp
 use crate::evidence::metrics::{self, Pinger, RunMetrics};
 use crate::evidence::{report, Snapshot, Tally};
 use crate::input::{InputReader, Record, Request, Seen};
-use crate::ledger::{self, Admission, Entry, EntryKind, LedgerHandle, Location, RunEnd, RunInfo};
+use crate::ledger::{
+    self, Admission, Entry, EntryKind, LedgerHandle, Location, RunEnd, RunInfo, Store,
+};
 use crate::results::{self, Rendered};
 use crate::screen::{self, Screen};
 use crate::simulator::{SimConfig, Simulator};
+use crate::window::{in_words, SendWindow, Standing};
+use tokio::task::JoinHandle;
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -161,7 +165,10 @@ pub fn validate(input: &Input) -> Result<u8> {
 }
 
 /// `send --dry-run`: `validate`, plus the request each valid row would make.
-pub fn dry_run(config: &DryRun) -> Result<Summary> {
+pub fn dry_run(config: &DryRun, clock: &Clock) -> Result<Summary> {
+    for plan in plans(config.window.as_ref(), config.skip_paid, clock) {
+        eprintln!("{plan}");
+    }
     let base_url = match &config.target {
         Target::Url(url) => url.clone(),
         Target::Simulator => "http://127.0.0.1:PORT".to_string(),
@@ -226,6 +233,21 @@ fn check(
     Ok(checked)
 }
 
+/// What the send window and `--skip-paid` will do, in words, for the prompt and dry runs.
+fn plans(window: Option<&SendWindow>, skip_paid: bool, clock: &Clock) -> Vec<String> {
+    let mut plans = Vec::new();
+    if let Some(w) = window {
+        plans.push(w.plan(clock.now()));
+    }
+    if skip_paid {
+        plans.push(format!(
+            "--skip-paid: each invoice's paid status is asked first (scope {}); paid invoices are skipped, not sent",
+            crate::client::PAID_SCOPE
+        ));
+    }
+    plans
+}
+
 /// Counts rows and requested channels, for the confirmation prompt and the progress bar.
 struct Preview {
     rows: u64,
@@ -254,12 +276,15 @@ fn preview(input: &Input) -> Result<Preview> {
     Ok(p)
 }
 
-fn confirm(p: &Preview, target: &str) -> Result<bool> {
+fn confirm(p: &Preview, target: &str, plans: &[String]) -> Result<bool> {
     eprintln!(
         "About to send up to {} payment requests ({} with a text, {} with an email) to {target}.\n\
          {} of {} rows are valid; rows already sent within the dedupe window will be skipped.",
         p.valid, p.texts, p.emails, p.valid, p.rows
     );
+    for plan in plans {
+        eprintln!("{plan}");
+    }
     eprint!("Send them? [y/N] ");
     std::io::stderr().flush()?;
     let mut answer = String::new();
@@ -307,17 +332,9 @@ pub struct RunContext<'a> {
 
 /// `send`.
 pub fn send(mut config: Send, cx: &RunContext) -> Result<Summary> {
-    // Fatal input problems (missing file, missing column) stop us before anything else.
-    InputReader::open(&config.input.path, &config.input.options)?;
-    check_writable(&config.out, "results")?;
-    if let Some(report) = &config.evidence.report {
-        check_writable(report, "the report")?;
-    }
-    if let Some(metrics) = &config.evidence.metrics_file {
-        check_writable(metrics, "the metrics")?;
-    }
+    preflight(&config)?;
     let simulator = start_target(&mut config, cx)?;
-    let total = ask(&config)?;
+    let total = ask(&config, &cx.clock)?;
     if config.ledger == Location::Throwaway && config.target != Target::Simulator {
         tracing::warn!(
             "RUNNING WITHOUT A LEDGER: nothing remembers what this run sends; running it again WILL notify customers twice"
@@ -333,16 +350,9 @@ pub fn send(mut config: Send, cx: &RunContext) -> Result<Summary> {
     )?;
     let mut store = ledger::open(&config.ledger, false)?;
     let run = store.begin(&info, &config.policy, cx.clock.now())?;
-    let progress = Arc::new(Progress::default());
-    let tally = Arc::new(Tally::new());
-    let (handle, writer) = ledger::spawn(store, config.policy, cx.clock)?;
+    let live = Live::default();
     let pinger = config.evidence.ping.clone().map(Pinger::new);
-    if let Some(pinger) = &pinger {
-        warn_on(cx.runtime.block_on(pinger.start()));
-    }
-    let reader = dispatch_rows(&config, cx, handle, progress.clone(), tally.clone(), total)?;
-    let mut store = join(writer, "ledger")?;
-    reader?;
+    let mut store = sending(&config, cx, store, &live, total, pinger.as_ref())?;
     let stop = cx.stopper.reason().cloned();
     store.settle(&RunEnd { stop: stop.clone() }, cx.clock.now())?;
     let unsent = Outcome::plain(
@@ -365,13 +375,13 @@ pub fn send(mut config: Send, cx: &RunContext) -> Result<Summary> {
     if let Err(e) = store.close(code, cx.clock.now()) {
         tracing::warn!("could not close the run in the ledger: {e:#}");
     }
-    let summary = summarise(&config, &rendered, &progress, started, stop, code, run);
+    let summary = summarise(&config, &rendered, &live.progress, started, stop, code, run);
     summary.write_json(config.summary_json.as_deref())?;
     let evidence = Evidence {
         config: &config,
         summary: &summary,
         rendered: &rendered,
-        tally: tally.snapshot(),
+        tally: live.tally.snapshot(),
         started: info.started,
     };
     evidence.leave(cx, pinger.as_ref());
@@ -379,6 +389,93 @@ pub fn send(mut config: Send, cx: &RunContext) -> Result<Summary> {
         cx.runtime.block_on(sim.shutdown());
     }
     Ok(summary)
+}
+
+/// Fatal input problems (missing file, missing column) and unwritable outputs stop the run
+/// before anything else.
+fn preflight(config: &Send) -> Result<()> {
+    InputReader::open(&config.input.path, &config.input.options)?;
+    check_writable(&config.out, "results")?;
+    if let Some(report) = &config.evidence.report {
+        check_writable(report, "the report")?;
+    }
+    if let Some(metrics) = &config.evidence.metrics_file {
+        check_writable(metrics, "the metrics")?;
+    }
+    Ok(())
+}
+
+/// What the run counts while it goes.
+#[derive(Default)]
+struct Live {
+    progress: Arc<Progress>,
+    tally: Arc<Tally>,
+}
+
+/// The run while it sends: the progress display, the send window, the ledger's writer, the
+/// reader and the dispatcher. Gives the store back once they are done.
+fn sending(
+    config: &Send,
+    cx: &RunContext,
+    store: Box<dyn Store>,
+    live: &Live,
+    total: Option<u64>,
+    pinger: Option<&Pinger>,
+) -> Result<Box<dyn Store>> {
+    let bar = (config.ui.progress && Screen::can_show_bar()).then(|| cx.screen.clone());
+    let display = (!config.ui.quiet).then(|| {
+        cx.runtime
+            .spawn(screen::show_progress(live.progress.clone(), total, bar))
+    });
+    let closer = config
+        .window
+        .as_ref()
+        .map(|w| keep_window(w, cx, &live.progress));
+    if let Some(pinger) = pinger {
+        warn_on(cx.runtime.block_on(pinger.start()));
+    }
+    let (handle, writer) = ledger::spawn(store, config.policy, cx.clock)?;
+    let reader = dispatch_rows(config, cx, handle, live);
+    for task in [closer, display].into_iter().flatten() {
+        task.abort();
+        let _ = cx.runtime.block_on(task);
+    }
+    let store = join(writer, "ledger")?;
+    reader??;
+    Ok(store)
+}
+
+/// Waits until the send window opens (saying until when), and arranges for the run to stop
+/// starting requests when it closes. A stop (Ctrl-C) ends the wait at once.
+fn keep_window(window: &SendWindow, cx: &RunContext, progress: &Progress) -> JoinHandle<()> {
+    let now = cx.clock.now();
+    let until = match window.standing(now) {
+        Standing::Open { until } => until,
+        Standing::Closed { opens, until } => {
+            let why = format!(
+                "waiting for the send window {window}: it opens {} (in {})",
+                window.local(opens),
+                in_words(opens - now)
+            );
+            tracing::info!("{why}");
+            *progress.waiting.lock().unwrap() = Some(why);
+            let wait = (opens - now).to_std().unwrap_or_default();
+            cx.runtime.block_on(async {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cx.stopper.stopped() => {}
+                }
+            });
+            *progress.waiting.lock().unwrap() = None;
+            until
+        }
+    };
+    let left = (until - cx.clock.now()).to_std().unwrap_or_default();
+    let stopper = cx.stopper.clone();
+    cx.runtime.spawn(async move {
+        tokio::time::sleep(left).await;
+        stopper.stop(StopReason::WindowClosed);
+    })
 }
 
 /// A warning for monitoring that failed: it never changes the run's outcome.
@@ -496,7 +593,7 @@ fn start_target(config: &mut Send, cx: &RunContext) -> Result<Option<Simulator>>
 
 /// Asks a person at a terminal before the real API is reached; the row count for the
 /// progress bar, when one is shown.
-fn ask(config: &Send) -> Result<Option<u64>> {
+fn ask(config: &Send, clock: &Clock) -> Result<Option<u64>> {
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     let bar = config.ui.progress && Screen::can_show_bar();
     let ask = interactive && !config.ui.yes && config.target != Target::Simulator;
@@ -504,7 +601,8 @@ fn ask(config: &Send) -> Result<Option<u64>> {
         return Ok(None);
     }
     let p = preview(&config.input)?;
-    if ask && !confirm(&p, &config.client.base_url)? {
+    let plans = plans(config.window.as_ref(), config.dispatch.skip_paid, clock);
+    if ask && !confirm(&p, &config.client.base_url, &plans)? {
         bail!("nothing sent: not confirmed");
     }
     Ok(Some(p.rows))
@@ -516,9 +614,7 @@ fn dispatch_rows(
     config: &Send,
     cx: &RunContext,
     ledger: LedgerHandle,
-    progress: Arc<Progress>,
-    tally: Arc<Tally>,
-    total: Option<u64>,
+    live: &Live,
 ) -> Result<Result<()>> {
     let concurrency = config.dispatch.concurrency;
     let (tx, queue) = mpsc::channel(concurrency);
@@ -527,7 +623,7 @@ fn dispatch_rows(
         ledger.clone(),
         tx,
         cx.stopper.clone(),
-        progress.clone(),
+        live.progress.clone(),
         concurrency.clamp(1, 64),
     );
     let client = Client::new(&config.client)?;
@@ -536,20 +632,11 @@ fn dispatch_rows(
         ledger,
         config.dispatch.clone(),
         cx.stopper.clone(),
-        progress.clone(),
-        tally,
+        live.progress.clone(),
+        live.tally.clone(),
         cx.clock,
     );
-    let bar = (config.ui.progress && Screen::can_show_bar()).then(|| cx.screen.clone());
-    let display = (!config.ui.quiet).then(|| {
-        cx.runtime
-            .spawn(screen::show_progress(progress, total, bar))
-    });
     cx.runtime.block_on(dispatcher.run(queue));
-    if let Some(display) = display {
-        display.abort();
-        let _ = cx.runtime.block_on(display);
-    }
     Ok(join(reader, "reader"))
 }
 
