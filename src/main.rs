@@ -37,7 +37,16 @@ fn main() -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // A send drives all its requests from one thread: at zero latency the wake-ups between
+    // worker threads cost more CPU than a second thread gives (the other core has the
+    // ledger, the reader and, on loopback, the server). The simulator serves on all cores.
+    let runtime = match &config.command {
+        Command::Simulate(_) => tokio::runtime::Runtime::new(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => return fail(anyhow::Error::from(e).context("cannot start the async runtime")),
     };
@@ -56,16 +65,14 @@ fn execute(config: Config, runtime: &tokio::runtime::Runtime, screen: &Screen) -
     match config.command {
         Command::Send(send) => {
             let stopper = Arc::new(Stopper::default());
-            let signals = runtime.spawn(watch_signals(stopper.clone()));
+            watch_signals(stopper.clone())?;
             let cx = run::RunContext {
                 clock: config.clock,
                 stopper,
                 screen,
-                runtime: runtime.handle(),
+                runtime,
             };
-            let summary = run::send(*send, &cx);
-            signals.abort();
-            let summary = summary?;
+            let summary = run::send(*send, &cx)?;
             eprintln!("{}", summary.line());
             Ok(summary.exit_code)
         }
@@ -81,15 +88,35 @@ fn execute(config: Config, runtime: &tokio::runtime::Runtime, screen: &Screen) -
 }
 
 /// First SIGINT/SIGTERM: stop starting requests and finish cleanly. Second: exit at once;
-/// the intents and leaving marks already in the ledger keep the rerun safe.
-async fn watch_signals(stopper: Arc<Stopper>) {
-    use tokio::signal::unix::{signal, Signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return;
-    };
+/// the intents and leaving marks already in the ledger keep the rerun safe. Watched on a
+/// thread of its own, so a signal is answered whatever the run is doing (writing results,
+/// waiting for the ledger) and whichever thread drives the requests.
+fn watch_signals(stopper: Arc<Stopper>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal watcher")?;
+    // Registered before the thread starts, so no early signal slips through.
+    let handlers = rt.block_on(async { signal_handlers() })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || rt.block_on(on_signals(handlers, stopper)))
+        .context("cannot start the signal watcher")?;
+    Ok(())
+}
+
+type Handlers = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+fn signal_handlers() -> Result<Handlers> {
+    use tokio::signal::unix::{signal, SignalKind};
+    Ok((
+        signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+    ))
+}
+
+async fn on_signals((mut int, mut term): Handlers, stopper: Arc<Stopper>) {
+    use tokio::signal::unix::Signal;
     async fn next(int: &mut Signal, term: &mut Signal) {
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
     }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use tokio::runtime::Handle;
+use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
 use crate::client::{Body, Client};
@@ -327,7 +327,8 @@ pub struct RunContext<'a> {
     pub clock: Clock,
     pub stopper: Arc<Stopper>,
     pub screen: &'a Screen,
-    pub runtime: &'a Handle,
+    /// A current-thread runtime: only its own `block_on` drives its timers and sockets.
+    pub runtime: &'a Runtime,
 }
 
 /// `send`.
