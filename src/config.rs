@@ -524,10 +524,7 @@ fn ledger(args: &SendArgs, file: &FileConfig) -> Result<Location> {
 }
 
 fn location(given: &str) -> Result<Location> {
-    if given.trim().is_empty() {
-        bail!("the ledger is set but empty: give a path");
-    }
-    Ok(Location::Sqlite(PathBuf::from(given)))
+    Location::parse(given)
 }
 
 /// The ledger the look-back commands read: `--ledger`, the config's, or the default.

@@ -11,13 +11,6 @@ use std::time::Duration;
 use common::*;
 use invoice_dispatch::simulator::SimConfig;
 
-/// The environment variable a service test needs, set by scripts/services.
-fn service(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests with scripts/test, which starts the services")
-    })
-}
-
 /// A mixed run: sent, partial, failed, unknown, invalid, duplicate, and hostile text.
 fn mixed_input(w: &World) -> std::path::PathBuf {
     w.write(

@@ -1,5 +1,6 @@
 //! Never twice, never lost: reruns, interrupts, crashes and concurrent runs on one ledger.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -12,7 +13,19 @@ fn signal(child: &tokio::process::Child, sig: i32) {
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
 }
 
-fn no_invoice_twice(w: &World) {
+on_both_ledgers!(
+    running_the_same_command_twice_sends_nothing_the_second_time,
+    reruns_retry_failed_invalid_and_keep_unknown_until_asked,
+    the_dedupe_window_expires,
+    a_rehearsal_never_makes_a_real_send_look_done,
+    sigint_finishes_in_flight_writes_results_and_the_rerun_sends_only_the_rest,
+    sigterm_is_handled_like_sigint,
+    sigkill_at_a_random_moment_then_rerun_never_sends_an_invoice_twice,
+    a_row_skipped_because_it_may_have_been_delivered_still_exits_2,
+    simulate_with_a_ledger_rehearses_the_rerun,
+);
+
+pub fn no_invoice_twice(w: &World) {
     let twice: Vec<_> = w
         .stats()
         .by_invoice
@@ -22,9 +35,8 @@ fn no_invoice_twice(w: &World) {
     assert!(twice.is_empty(), "received twice: {twice:?}");
 }
 
-#[tokio::test]
-async fn running_the_same_command_twice_sends_nothing_the_second_time() {
-    let w = World::start().await;
+async fn running_the_same_command_twice_sends_nothing_the_second_time(backend: Backend) {
+    let w = World::on(backend).await;
     let input = w.input(&rows(DEPT, "ok-", 25));
     let first = w.send(&input, &[]).await;
     assert_eq!(first.code, 0, "{}", first.stderr);
@@ -43,9 +55,8 @@ async fn running_the_same_command_twice_sends_nothing_the_second_time() {
     assert_eq!(second.rows.len(), 25);
 }
 
-#[tokio::test]
-async fn reruns_retry_failed_invalid_and_keep_unknown_until_asked() {
-    let w = World::start().await;
+async fn reruns_retry_failed_invalid_and_keep_unknown_until_asked(backend: Backend) {
+    let w = World::on(backend).await;
     let input = w.input(&[
         &format!("{DEPT},ok-1,,"),
         &format!("{DEPT},bad-2,,"),
@@ -79,9 +90,8 @@ async fn reruns_retry_failed_invalid_and_keep_unknown_until_asked() {
     assert_eq!(w.received(DEPT, "ok-1"), 2);
 }
 
-#[tokio::test]
-async fn the_dedupe_window_expires() {
-    let w = World::start().await;
+async fn the_dedupe_window_expires(backend: Backend) {
+    let w = World::on(backend).await;
     let input = w.input(&[&format!("{DEPT},ok-1,,")]);
     let window = "dedupe_window = \"1ms\"";
     w.send_with_config(&input, window, &[]).await;
@@ -90,9 +100,8 @@ async fn the_dedupe_window_expires() {
     assert_eq!(w.received(DEPT, "ok-1"), 2);
 }
 
-#[tokio::test]
-async fn a_rehearsal_never_makes_a_real_send_look_done() {
-    let w = World::start().await;
+async fn a_rehearsal_never_makes_a_real_send_look_done(backend: Backend) {
+    let w = World::on(backend).await;
     let other = invoice_dispatch::simulator::Simulator::spawn(SimConfig::default())
         .await
         .unwrap();
@@ -104,7 +113,7 @@ async fn a_rehearsal_never_makes_a_real_send_look_done() {
     cmd.arg("send")
         .arg(&input)
         .args(["--base-url", &other.base_url(), "--ledger"])
-        .arg(w.ledger())
+        .arg(w.ledger_arg())
         .arg("--out")
         .arg(w.path("results.csv"));
     let run = w.finish(cmd.output().await.unwrap());
@@ -114,8 +123,8 @@ async fn a_rehearsal_never_makes_a_real_send_look_done() {
 
 /// Sends 200 rows at 40/s, delivers `sig` after the first 10 requests, and checks the
 /// interrupted run (exit 130, every row accounted for) and the rerun (only the rest sent).
-async fn interrupted_mid_run_then_rerun(sig: i32) {
-    let w = World::start().await;
+async fn interrupted_mid_run_then_rerun(sig: i32, backend: Backend) {
+    let w = World::on(backend).await;
     let input = w.input(&rows(DEPT, "ok-", 200));
     let child = w
         .send_command(&input, &["--rate", "40", "--concurrency", "4"])
@@ -143,14 +152,14 @@ async fn interrupted_mid_run_then_rerun(sig: i32) {
     no_invoice_twice(&w);
 }
 
-#[tokio::test]
-async fn sigint_finishes_in_flight_writes_results_and_the_rerun_sends_only_the_rest() {
-    interrupted_mid_run_then_rerun(libc::SIGINT).await;
+async fn sigint_finishes_in_flight_writes_results_and_the_rerun_sends_only_the_rest(
+    backend: Backend,
+) {
+    interrupted_mid_run_then_rerun(libc::SIGINT, backend).await;
 }
 
-#[tokio::test]
-async fn sigterm_is_handled_like_sigint() {
-    interrupted_mid_run_then_rerun(libc::SIGTERM).await;
+async fn sigterm_is_handled_like_sigint(backend: Backend) {
+    interrupted_mid_run_then_rerun(libc::SIGTERM, backend).await;
 }
 
 #[tokio::test]
@@ -188,12 +197,14 @@ async fn a_second_run_on_the_same_ledger_exits_1_naming_the_ledger_and_the_other
     no_invoice_twice(&w);
 }
 
-#[tokio::test]
-async fn sigkill_at_a_random_moment_then_rerun_never_sends_an_invoice_twice() {
-    let w = World::with(SimConfig {
-        latency: Duration::from_millis(5),
-        ..SimConfig::default()
-    })
+async fn sigkill_at_a_random_moment_then_rerun_never_sends_an_invoice_twice(backend: Backend) {
+    let w = World::with_on(
+        SimConfig {
+            latency: Duration::from_millis(5),
+            ..SimConfig::default()
+        },
+        backend,
+    )
     .await;
     let n = 2000;
     let input = w.input(&rows(DEPT, "ok-", n));
@@ -299,9 +310,8 @@ async fn no_ledger_warns_loudly_and_remembers_nothing() {
     assert_eq!(w.received(DEPT, "ok-1"), 2);
 }
 
-#[tokio::test]
-async fn a_row_skipped_because_it_may_have_been_delivered_still_exits_2() {
-    let w = World::start().await;
+async fn a_row_skipped_because_it_may_have_been_delivered_still_exits_2(backend: Backend) {
+    let w = World::on(backend).await;
     let input = w.input(&[&format!("{DEPT},err500-1,,"), &format!("{DEPT},ok-2,,")]);
     let first = w.send(&input, &[]).await;
     assert_eq!(first.statuses(), ["unknown", "sent"]);
@@ -414,16 +424,15 @@ async fn a_schema_1_ledger_is_upgraded_and_its_memory_kept() {
 
 /// The built-in simulator gets a new port each run; a rehearsal with a ledger still
 /// rehearses the rerun.
-#[tokio::test]
-async fn simulate_with_a_ledger_rehearses_the_rerun() {
-    let w = World::start().await;
+async fn simulate_with_a_ledger_rehearses_the_rerun(backend: Backend) {
+    let w = World::on(backend).await;
     let input = w.input(&rows(DEPT, "ok-", 3));
     let simulate = |input: &std::path::Path| {
         let mut cmd = w.command();
         cmd.arg("send")
             .arg(input)
             .args(["--simulate", "--yes", "--no-progress", "--ledger"])
-            .arg(w.ledger())
+            .arg(w.ledger_arg())
             .arg("--out")
             .arg(w.path("results.csv"));
         cmd

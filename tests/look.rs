@@ -1,6 +1,7 @@
 //! Looking back at the ledger: runs, history, export and resolve (SPEC section 10), and the
 //! container rule (SPEC section 7).
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -33,9 +34,14 @@ fn with_verdicts(w: &World, name: &str, verdicts: &[(&str, &str)]) -> std::path:
     w.write(name, out.into_inner().unwrap())
 }
 
-#[tokio::test]
-async fn runs_history_and_export_answer_from_the_ledger() {
-    let w = World::start().await;
+on_both_ledgers!(
+    runs_history_and_export_answer_from_the_ledger,
+    resolving_unknown_rows_sends_the_undelivered_one_and_skips_the_delivered,
+    a_bad_resolution_records_nothing_and_names_each_line,
+);
+
+async fn runs_history_and_export_answer_from_the_ledger(backend: Backend) {
+    let w = World::on(backend).await;
     let input = w.input(&[
         &format!("{DEPT},ok-1,,"),
         &format!("{DEPT},err500-2,,"),
@@ -90,12 +96,16 @@ async fn runs_history_and_export_answer_from_the_ledger() {
     assert_eq!(exported[1]["line"], "3");
 }
 
-#[tokio::test]
-async fn resolving_unknown_rows_sends_the_undelivered_one_and_skips_the_delivered() {
-    let w = World::with(SimConfig {
-        slow_delay: Duration::from_millis(600),
-        ..SimConfig::default()
-    })
+async fn resolving_unknown_rows_sends_the_undelivered_one_and_skips_the_delivered(
+    backend: Backend,
+) {
+    let w = World::with_on(
+        SimConfig {
+            slow_delay: Duration::from_millis(600),
+            ..SimConfig::default()
+        },
+        backend,
+    )
     .await;
     let input = w.input(&[
         &format!("{DEPT},ok-1,,"),
@@ -159,9 +169,8 @@ async fn resolving_unknown_rows_sends_the_undelivered_one_and_skips_the_delivere
     );
 }
 
-#[tokio::test]
-async fn a_bad_resolution_records_nothing_and_names_each_line() {
-    let w = World::start().await;
+async fn a_bad_resolution_records_nothing_and_names_each_line(backend: Backend) {
+    let w = World::on(backend).await;
     let input = w.input(&[
         &format!("{DEPT},ok-1,,"),
         &format!("{DEPT},err500-2,,"),

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{rfc3339, RunId, Skip};
+use super::{Entry, EntryKind};
+use crate::domain::{rfc3339, RunId, Skip, SkipKind, Status, StopReason};
 
 /// How admission treats what earlier runs did.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +30,19 @@ pub enum LastStatus {
     /// No answer was read: it may have been delivered (this includes requests that were in
     /// flight when their run died).
     Unknown,
+}
+
+impl LastStatus {
+    /// What a stored status says of the last request. Anything not known to have been
+    /// refused counts as maybe delivered.
+    pub fn from_stored(status: &str) -> LastStatus {
+        match status {
+            "sent" => LastStatus::Sent,
+            "partial" => LastStatus::Partial,
+            "failed" | "not_sent" => LastStatus::Failed,
+            _ => LastStatus::Unknown,
+        }
+    }
 }
 
 /// A person's verdict on an unknown row (`resolve`).
@@ -61,6 +75,44 @@ pub enum Decision {
         note: Option<String>,
     },
     Skip(Skip),
+}
+
+/// What admission makes of one input record, given what the ledger knows of it: the row's
+/// key, and either `Ok(note)` (send it) or the status, skip and message it ends with now.
+pub type Judgement<'e> = (
+    Option<(&'e str, &'e str)>,
+    Result<Option<String>, (Status, Option<SkipKind>, String)>,
+);
+
+pub fn judge<'e>(
+    entry: &'e Entry,
+    prior: Option<&Prior>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    stopped: Option<&StopReason>,
+) -> Judgement<'e> {
+    match &entry.kind {
+        EntryKind::Invalid(m) => (None, Err((Status::Invalid, None, m.clone()))),
+        EntryKind::Duplicate {
+            first_line,
+            dept,
+            invoice,
+        } => {
+            let m = format!("duplicate of line {first_line}");
+            (Some((dept, invoice)), Err((Status::Duplicate, None, m)))
+        }
+        EntryKind::Valid { dept, invoice } => {
+            let decision = match (decide(prior, policy, now), stopped) {
+                (Decision::Skip(s), _) => Err((Status::Skipped, Some(s.kind()), s.message())),
+                // Rows read after the run stopped are recorded, not sent.
+                (Decision::Send { .. }, Some(stop)) => {
+                    Err((Status::NotSent, None, stop.not_sent_message()))
+                }
+                (Decision::Send { note }, None) => Ok(note),
+            };
+            (Some((dept, invoice)), decision)
+        }
+    }
 }
 
 pub fn decide(prior: Option<&Prior>, policy: &Policy, now: DateTime<Utc>) -> Decision {

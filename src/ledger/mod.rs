@@ -41,6 +41,8 @@
 //! flight `unknown`; so only runs that died leave settling to the next run.
 
 pub mod admission;
+mod postgres;
+mod resolution;
 mod sqlite;
 
 use std::fs::File;
@@ -56,20 +58,37 @@ use crate::domain::{Clock, Counts, Outcome, RunId, SkipKind, Status, StopReason}
 
 pub use admission::{Decision, Policy};
 
+pub use postgres::PgLocation;
+
 /// Where the ledger lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
-    /// A SQLite file: reruns consult it.
+    /// A SQLite file: reruns on this machine consult it.
     Sqlite(PathBuf),
+    /// A PostgreSQL database: every machine that uses it shares one memory.
+    Postgres(PgLocation),
     /// A temporary SQLite ledger deleted at the end: nothing is remembered across runs.
     Throwaway,
 }
 
 impl Location {
-    /// How the ledger is named in messages and reports.
+    /// `postgres://...` (or `postgresql://`) is a PostgreSQL ledger; anything else a path.
+    pub fn parse(given: &str) -> Result<Location> {
+        let given = given.trim();
+        if given.is_empty() {
+            anyhow::bail!("the ledger is set but empty: give a path, or a postgres:// URL");
+        }
+        if given.starts_with("postgres://") || given.starts_with("postgresql://") {
+            return Ok(Location::Postgres(PgLocation::parse(given)?));
+        }
+        Ok(Location::Sqlite(PathBuf::from(given)))
+    }
+
+    /// How the ledger is named in messages and reports (never with a password).
     pub fn describe(&self) -> String {
         match self {
             Location::Sqlite(path) => path.display().to_string(),
+            Location::Postgres(pg) => pg.to_string(),
             Location::Throwaway => "none (throwaway)".to_string(),
         }
     }
@@ -169,6 +188,54 @@ pub enum Admission {
 #[derive(Clone, Debug)]
 pub struct RunEnd {
     pub stop: Option<StopReason>,
+}
+
+/// What the rows a run left unfinished (admitted to be sent, with no outcome) become.
+pub struct Unfinished {
+    /// A row with a leaving mark: its request may have left.
+    in_flight: String,
+    /// A row without one, its run's marks intact: it never left.
+    never_left: String,
+    /// A row of a run whose marks may have been lost (another boot, a restarted server).
+    unknowable: String,
+}
+
+impl Unfinished {
+    /// A run settling its own rows as it ends.
+    pub fn own(end: &RunEnd) -> Unfinished {
+        let why = end.stop.as_ref().map(StopReason::describe);
+        let in_flight = format!(
+            "in flight when the run stopped ({}); the customer may have been notified, so it is not resent",
+            why.as_deref().unwrap_or("the run ended early")
+        );
+        Unfinished {
+            unknowable: in_flight.clone(),
+            in_flight,
+            never_left: end.stop.as_ref().map_or_else(
+                || "not sent: the run ended before this row".to_string(),
+                StopReason::not_sent_message,
+            ),
+        }
+    }
+
+    /// A run that died, settled by a later one.
+    pub fn dead(run: RunId) -> Unfinished {
+        Unfinished {
+            in_flight: format!("in flight when run {run} died; the customer may have been notified, so it is not resent"),
+            never_left: format!("not sent: run {run} died before sending it"),
+            unknowable: format!("run {run} died with its machine (a reboot or power cut), on another machine, or with its database server, after deciding to send this row: it may have been sent, so it is not resent"),
+        }
+    }
+
+    /// A row's status, message and attempts: `marked` is whether it has a leaving mark, or
+    /// `None` when the marks cannot be trusted.
+    pub fn row(&self, marked: Option<bool>) -> (Status, &str, u32) {
+        match marked {
+            Some(true) => (Status::Unknown, &self.in_flight, 1),
+            Some(false) => (Status::NotSent, &self.never_left, 0),
+            None => (Status::Unknown, &self.unknowable, 0),
+        }
+    }
 }
 
 /// One row of a run, as the results file and `export` show it.
@@ -291,6 +358,7 @@ pub struct Batch {
 pub fn open(location: &Location, read_only: bool) -> Result<Box<dyn Store>> {
     match location {
         Location::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open(path, read_only)?)),
+        Location::Postgres(pg) => Ok(Box::new(postgres::PgStore::open(pg, read_only)?)),
         Location::Throwaway => Ok(Box::new(sqlite::SqliteStore::throwaway()?)),
     }
 }
@@ -301,6 +369,8 @@ pub enum Marks {
     /// A file of 8-byte row numbers, appended to by each sending task: the append reaches
     /// the OS page cache before the request leaves, with no thread hop and no flush.
     File(Arc<File>),
+    /// A PostgreSQL connection of their own (see the PostgreSQL store).
+    Remote(mpsc::Sender<postgres::Mark>),
 }
 
 impl Marks {
@@ -314,12 +384,24 @@ impl Marks {
                     .write_all(&seq.to_le_bytes())
                     .context("cannot write the leaving mark")
             }
+            Marks::Remote(tx) => {
+                let (reply, written) = oneshot::channel();
+                tx.send((seq, reply)).await.map_err(|_| gone())?;
+                written
+                    .await
+                    .map_err(|_| gone())?
+                    .map_err(|e| anyhow::anyhow!(e))
+            }
         }
     }
 }
 
 /// Commands folded into one commit at most.
 const GROUP_MAX: usize = 512;
+/// How long a commit of outcomes alone waits for more to join it. Outcomes are on no
+/// request's path, and a commit has a fixed cost (log frames, locks) that small groups
+/// pay again and again; an admission, which the reader waits for, never waits.
+const OUTCOME_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 enum Cmd {
     Admit {
@@ -374,11 +456,10 @@ fn serve(
     let mut cmds = Vec::with_capacity(GROUP_MAX);
     while let Some(first) = rx.blocking_recv() {
         cmds.push(first);
-        while cmds.len() < GROUP_MAX {
-            match rx.try_recv() {
-                Ok(cmd) => cmds.push(cmd),
-                Err(_) => break,
-            }
+        drain(&mut rx, &mut cmds);
+        if cmds.len() < GROUP_MAX && !cmds.iter().any(|c| matches!(c, Cmd::Admit { .. })) {
+            std::thread::sleep(OUTCOME_LINGER);
+            drain(&mut rx, &mut cmds);
         }
         let mut batch = Batch::default();
         let mut replies = Vec::new();
@@ -406,6 +487,16 @@ fn serve(
         result?;
     }
     Ok(store)
+}
+
+/// Takes what has queued up, to [`GROUP_MAX`] commands.
+fn drain(rx: &mut mpsc::Receiver<Cmd>, cmds: &mut Vec<Cmd>) {
+    while cmds.len() < GROUP_MAX {
+        match rx.try_recv() {
+            Ok(cmd) => cmds.push(cmd),
+            Err(_) => break,
+        }
+    }
 }
 
 impl LedgerHandle {

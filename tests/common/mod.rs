@@ -19,6 +19,67 @@ pub const HEADER: &str = "department_uuid,invoice_guid,send_as_text,send_as_emai
 pub struct World {
     pub dir: tempfile::TempDir,
     pub sim: Simulator,
+    /// The world's ledger lives in a PostgreSQL database of its own (else a SQLite file).
+    pub pg: Option<Pg>,
+}
+
+/// Which store keeps the world's ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of one test's own on the PostgreSQL that scripts/services started.
+#[derive(Clone, Debug)]
+pub struct Pg {
+    /// postgres://user@host:port/db, without the password.
+    pub url: String,
+    pub password: String,
+    pub database: String,
+}
+
+/// The environment variable a service test needs, set by scripts/services.
+pub fn service(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with scripts/test, which starts the services")
+    })
+}
+
+impl Pg {
+    /// A new, empty database.
+    pub async fn fresh() -> Pg {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let admin = service("INVOICE_DISPATCH_TEST_PG");
+        let password = service("INVOICE_DISPATCH_TEST_PGPASSWORD");
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let database = format!("t{}_{n}_{}", std::process::id(), rand::random::<u32>());
+        let client = Pg::admin_client(&admin, &password).await;
+        client
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .await
+            .unwrap();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        Pg {
+            url: format!("{base}/{database}"),
+            password,
+            database,
+        }
+    }
+
+    /// A connection to `url` with `password`, driven on the test's runtime.
+    pub async fn admin_client(url: &str, password: &str) -> tokio_postgres::Client {
+        let mut config: tokio_postgres::Config = url.parse().unwrap();
+        config.password(password);
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    /// A connection to this test's database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        Pg::admin_client(&self.url, &self.password).await
+    }
 }
 
 /// One finished run of the binary.
@@ -54,9 +115,30 @@ impl World {
     }
 
     pub async fn with(config: SimConfig) -> World {
+        World::with_on(config, Backend::Sqlite).await
+    }
+
+    pub async fn on(backend: Backend) -> World {
+        World::with_on(SimConfig::default(), backend).await
+    }
+
+    pub async fn with_on(config: SimConfig, backend: Backend) -> World {
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(Pg::fresh().await),
+        };
         World {
             dir: tempfile::tempdir().unwrap(),
             sim: Simulator::spawn(config).await.expect("start the simulator"),
+            pg,
+        }
+    }
+
+    /// What `--ledger` says for the world's ledger.
+    pub fn ledger_arg(&self) -> String {
+        match &self.pg {
+            Some(pg) => pg.url.clone(),
+            None => self.ledger().display().to_string(),
         }
     }
 
@@ -106,11 +188,15 @@ impl World {
             .env("INVOICE_DISPATCH_PASSWORD", PASSWORD)
             .env("HOME", self.dir.path())
             .env("XDG_DATA_HOME", self.path("xdg"))
+            .env_remove("PGPASSWORD")
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(pg) = &self.pg {
+            cmd.env("PGPASSWORD", &pg.password);
+        }
         cmd
     }
 
@@ -123,7 +209,7 @@ impl World {
             .arg("--base-url")
             .arg(self.sim.base_url())
             .arg("--ledger")
-            .arg(self.ledger())
+            .arg(self.ledger_arg())
             .arg("--out")
             .arg(self.path("results.csv"))
             .arg("--summary-json")
@@ -253,7 +339,7 @@ impl World {
             .command()
             .args(args)
             .arg("--ledger")
-            .arg(self.ledger())
+            .arg(self.ledger_arg())
             .output()
             .await
             .unwrap();
@@ -263,4 +349,25 @@ impl World {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+}
+
+/// Runs a test written as `async fn NAME(backend: Backend)` on both ledgers: as
+/// `NAME::sqlite`, and as `NAME::postgres` (ignored by plain `cargo test`; scripts/test
+/// starts PostgreSQL and runs it).
+#[macro_export]
+macro_rules! on_both_ledgers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite).await
+            }
+            #[tokio::test]
+            #[ignore = "needs PostgreSQL: run scripts/test"]
+            async fn postgres() {
+                super::$name(Backend::Postgres).await
+            }
+        }
+    )*};
 }

@@ -1,0 +1,498 @@
+//! What a run writes: its record, its admissions and claims, its outcomes, and its settling.
+//! Each batch is a handful of statements over arrays (`unnest`), not a round trip per row.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use postgres::{Client, Row, Transaction};
+
+use super::{RUN_LOCKS, SERVER_STARTED};
+use crate::domain::from_millis;
+use crate::domain::{rfc3339, Counts, Outcome, RunId, SkipKind, Status, StopReason};
+use crate::ledger::admission::{judge, LastStatus, Policy, Prior, Resolution};
+use crate::ledger::{Admission, Batch, Entry, EntryKind, RunInfo, Unfinished};
+
+/// Records the run and takes its lock, in one transaction: nobody can see the run before
+/// its lock says it is alive.
+pub fn begin(client: &mut Client, run: &RunInfo) -> Result<RunId> {
+    let mut tx = client.transaction()?;
+    let id: i64 = tx
+        .query_one(
+            &format!(
+                "INSERT INTO runs (started_ms, pid, input, target, host, os_user, input_sha256,
+                     results_path, version, server_started_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {SERVER_STARTED})
+                 RETURNING id"
+            ),
+            &[
+                &run.started.timestamp_millis(),
+                &(std::process::id() as i32),
+                &run.input.display().to_string(),
+                &run.target,
+                &run.host,
+                &run.user,
+                &run.input_sha256,
+                &run.results.as_ref().map(|p| p.display().to_string()),
+                &env!("CARGO_PKG_VERSION"),
+            ],
+        )?
+        .get(0);
+    tx.execute(
+        "SELECT pg_advisory_lock($1, $2)",
+        &[&RUN_LOCKS, &lock_key(RunId(id))],
+    )?;
+    tx.commit()?;
+    Ok(RunId(id))
+}
+
+/// The second key of a run's advisory lock.
+pub fn lock_key(run: RunId) -> i32 {
+    run.0 as i32
+}
+
+pub fn close(client: &mut Client, run: RunId, exit_code: u8, now: DateTime<Utc>) -> Result<()> {
+    client.execute(
+        "UPDATE runs SET finished_ms = $1, exit_code = $2 WHERE id = $3",
+        &[&now.timestamp_millis(), &i32::from(exit_code), &run.0],
+    )?;
+    client.execute(
+        "SELECT pg_advisory_unlock($1, $2)",
+        &[&RUN_LOCKS, &lock_key(run)],
+    )?;
+    Ok(())
+}
+
+/// Settles every run that died before it could: one whose lock this session can take.
+pub fn settle_dead_runs(client: &mut Client, now: DateTime<Utc>) -> Result<()> {
+    let server: i64 = client
+        .query_one(&format!("SELECT {SERVER_STARTED}"), &[])?
+        .get(0);
+    let open = client.query(
+        "SELECT id, server_started_ms FROM runs WHERE NOT folded ORDER BY id",
+        &[],
+    )?;
+    for row in open {
+        let (run, started) = (RunId(row.get(0)), row.get::<_, i64>(1));
+        let free: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&RUN_LOCKS, &lock_key(run)],
+            )?
+            .get(0);
+        if !free {
+            continue; // alive, elsewhere
+        }
+        // Its marks were committed without waiting for the server's disk: they are there
+        // unless the server restarted since the run began.
+        let trusted = started == server;
+        let counts = settle_run(client, run, &Unfinished::dead(run), trusted, now)?;
+        tracing::info!(
+            "settled run {run}, which died before it finished: {}",
+            counts.describe()
+        );
+        client.execute(
+            "SELECT pg_advisory_unlock($1, $2)",
+            &[&RUN_LOCKS, &lock_key(run)],
+        )?;
+    }
+    Ok(())
+}
+
+/// Gives the unfinished rows of `run` their status by `rule` (by their marks when those are
+/// trusted), folds the run into `sends`, releases its claims and records its counts: one
+/// synchronous commit.
+pub fn settle_run(
+    client: &mut Client,
+    run: RunId,
+    rule: &Unfinished,
+    marks_trusted: bool,
+    now: DateTime<Utc>,
+) -> Result<Counts> {
+    let mut tx = client.transaction()?;
+    let (in_flight, never_left, unknowable) = (
+        rule.row(Some(true)).1,
+        rule.row(Some(false)).1,
+        rule.row(None).1,
+    );
+    tx.execute(
+        "INSERT INTO outcomes (run_id, seq, status, attempts, errors, warnings, message, at_ms)
+         SELECT r.run_id, r.seq,
+                CASE WHEN $2 AND m.seq IS NULL THEN 'not_sent' ELSE 'unknown' END,
+                CASE WHEN $2 AND m.seq IS NOT NULL THEN 1 ELSE 0 END, '', '',
+                CASE WHEN NOT $2 THEN $5 WHEN m.seq IS NOT NULL THEN $3 ELSE $4 END, $6
+         FROM results r
+         LEFT JOIN outcomes o ON o.run_id = r.run_id AND o.seq = r.seq
+         LEFT JOIN marks m ON m.run_id = r.run_id AND m.seq = r.seq
+         WHERE r.run_id = $1 AND r.status = 'pending' AND o.seq IS NULL",
+        &[
+            &run.0,
+            &marks_trusted,
+            &in_flight,
+            &never_left,
+            &unknowable,
+            &now.timestamp_millis(),
+        ],
+    )?;
+    fold(&mut tx, run)?;
+    let counts = count_rows(&mut tx, run)?;
+    tx.execute(
+        "UPDATE runs SET folded = true, counts = $1 WHERE id = $2",
+        &[&counts.to_record(), &run.0],
+    )?;
+    tx.commit()?;
+    Ok(counts)
+}
+
+/// Brings `sends` up to date with the requests `run` made and releases its claims (the
+/// rules are the SQLite store's `fold`).
+fn fold(tx: &mut Transaction, run: RunId) -> Result<()> {
+    tx.execute(
+        "INSERT INTO sends AS s (target, dept, invoice, status, run_id, at_ms, sent_run, sent_ms)
+         SELECT u.target, r.dept, r.invoice, o.status, $1::bigint, o.at_ms,
+                CASE WHEN o.status IN ('sent', 'partial') THEN $1::bigint END,
+                CASE WHEN o.status IN ('sent', 'partial') THEN o.at_ms END
+         FROM results r
+         JOIN outcomes o ON o.run_id = r.run_id AND o.seq = r.seq
+         JOIN runs u ON u.id = r.run_id
+         WHERE r.run_id = $1 AND r.dept IS NOT NULL AND (o.attempts > 0 OR o.status = 'unknown')
+         ORDER BY r.dept, r.invoice
+         ON CONFLICT (target, dept, invoice) DO UPDATE SET
+             status = excluded.status, run_id = excluded.run_id, at_ms = excluded.at_ms,
+             sent_run = coalesce(excluded.sent_run, s.sent_run),
+             sent_ms = coalesce(excluded.sent_ms, s.sent_ms),
+             resolution = NULL, resolved_by = NULL, resolved_ms = NULL",
+        &[&run.0],
+    )?;
+    tx.execute(
+        "UPDATE sends SET claim_run = NULL WHERE claim_run = $1",
+        &[&run.0],
+    )?;
+    Ok(())
+}
+
+pub fn count_rows(tx: &mut impl postgres::GenericClient, run: RunId) -> Result<Counts> {
+    let rows = tx.query(
+        "SELECT coalesce(o.status, r.status), coalesce(o.skip, r.skip), count(*)
+         FROM results r LEFT JOIN outcomes o ON o.run_id = r.run_id AND o.seq = r.seq
+         WHERE r.run_id = $1 GROUP BY 1, 2",
+        &[&run.0],
+    )?;
+    let mut counts = Counts::default();
+    for row in rows {
+        let (status, skip, n): (String, Option<String>, i64) = (row.get(0), row.get(1), row.get(2));
+        let status = Status::parse(&status).unwrap_or(Status::Unknown);
+        counts.add_n(status, skip.as_deref().and_then(SkipKind::parse), n as u64);
+    }
+    Ok(counts)
+}
+
+/// Drops per-row history of runs that started before `retention` ago; `sends` and the runs'
+/// own records stay (see the SQLite store's `prune`).
+pub fn prune(client: &mut Client, now: DateTime<Utc>, retention: Duration) -> Result<()> {
+    let cutoff = now - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
+    let stale: Vec<i64> = client
+        .query(
+            "SELECT id FROM runs WHERE started_ms < $1 AND folded
+                 AND EXISTS (SELECT 1 FROM results WHERE run_id = runs.id)",
+            &[&cutoff.timestamp_millis()],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let mut tx = client.transaction()?;
+    for table in ["results", "outcomes", "marks", "attempts"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE run_id = ANY($1)"),
+            &[&stale],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// One commit of admissions and outcomes: synchronous when it holds admissions (their
+/// rows are queued to be sent once it returns), otherwise not.
+pub fn commit(
+    client: &mut Client,
+    run: RunId,
+    target: &str,
+    batch: &mut Batch,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let mut tx = client.transaction()?;
+    if batch.admits.is_empty() {
+        // Outcomes ride the next synchronous commit: one lost to a server crash leaves a
+        // row with its mark, which reads as unknown, never as a resend.
+        tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+    }
+    for (entries, admitted, stopped) in &mut batch.admits {
+        *admitted = admit(&mut tx, run, target, entries, policy, now, stopped.as_ref())?;
+    }
+    write_outcomes(&mut tx, run, &batch.outcomes)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Result rows gathered for one `INSERT ... SELECT FROM unnest(...)`.
+#[derive(Default)]
+struct ResultRows {
+    seq: Vec<i64>,
+    line: Vec<i64>,
+    dept: Vec<Option<String>>,
+    invoice: Vec<Option<String>>,
+    status: Vec<String>,
+    skip: Vec<Option<String>>,
+    message: Vec<String>,
+    completed_at: Vec<String>,
+}
+
+impl ResultRows {
+    fn push(
+        &mut self,
+        entry: &Entry,
+        key: Option<(&str, &str)>,
+        status: &str,
+        skip: Option<SkipKind>,
+        message: &str,
+        completed_at: &str,
+    ) {
+        self.seq.push(entry.seq as i64);
+        self.line.push(entry.line as i64);
+        self.dept.push(key.map(|k| k.0.to_string()));
+        self.invoice.push(key.map(|k| k.1.to_string()));
+        self.status.push(status.to_string());
+        self.skip.push(skip.map(|s| s.code().to_string()));
+        self.message.push(message.to_string());
+        self.completed_at.push(completed_at.to_string());
+    }
+
+    fn insert(&self, tx: &mut Transaction, run: RunId) -> Result<()> {
+        tx.execute(
+            "INSERT INTO results (run_id, seq, line, dept, invoice, status, skip, message, completed_at)
+             SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[],
+                                      $6::text[], $7::text[], $8::text[], $9::text[])",
+            &[&run.0, &self.seq, &self.line, &self.dept, &self.invoice, &self.status, &self.skip, &self.message, &self.completed_at],
+        )?;
+        Ok(())
+    }
+}
+
+/// Decides and records a batch of records, and claims the rows to send.
+#[allow(clippy::too_many_arguments)]
+fn admit(
+    tx: &mut Transaction,
+    run: RunId,
+    target: &str,
+    entries: &[Entry],
+    policy: &Policy,
+    now: DateTime<Utc>,
+    stopped: Option<&StopReason>,
+) -> Result<Vec<Admission>> {
+    let priors = lock_priors(tx, run, target, entries)?;
+    let stamp = rfc3339(now);
+    let (mut rows, mut claims) = (ResultRows::default(), (Vec::new(), Vec::new()));
+    let mut admitted = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let prior = match &entry.kind {
+            EntryKind::Valid { dept, invoice } => priors
+                .get(&(dept.clone(), invoice.clone()))
+                .and_then(Option::as_ref),
+            _ => None,
+        };
+        let (key, decision) = judge(entry, prior, policy, now, stopped);
+        match decision {
+            Ok(note) => {
+                rows.push(
+                    entry,
+                    key,
+                    "pending",
+                    None,
+                    note.as_deref().unwrap_or(""),
+                    "",
+                );
+                if let Some((dept, invoice)) = key {
+                    claims.0.push(dept.to_string());
+                    claims.1.push(invoice.to_string());
+                }
+                admitted.push(Admission::Send { note });
+            }
+            Err((status, skip, message)) => {
+                rows.push(entry, key, status.as_str(), skip, &message, &stamp);
+                admitted.push(Admission::Done(status, skip));
+            }
+        }
+    }
+    rows.insert(tx, run)?;
+    tx.execute(
+        "UPDATE sends SET claim_run = $1
+         WHERE target = $2 AND (dept, invoice) IN (SELECT * FROM unnest($3::text[], $4::text[]))",
+        &[&run.0, &target, &claims.0, &claims.1],
+    )?;
+    Ok(admitted)
+}
+
+/// Locks the `sends` record of every valid row (inserting placeholders for rows never
+/// seen, so that those are locked too), in key order; what each says of earlier runs.
+fn lock_priors(
+    tx: &mut Transaction,
+    run: RunId,
+    target: &str,
+    entries: &[Entry],
+) -> Result<BTreeMap<(String, String), Option<Prior>>> {
+    let mut keys: Vec<(String, String)> = entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EntryKind::Valid { dept, invoice } => Some((dept.clone(), invoice.clone())),
+            _ => None,
+        })
+        .collect();
+    if keys.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    keys.sort();
+    let (depts, invoices): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+    tx.execute(
+        "INSERT INTO sends (target, dept, invoice, status, run_id, at_ms)
+         SELECT $1, d, i, 'new', 0, 0 FROM unnest($2::text[], $3::text[]) AS k(d, i)
+         ORDER BY d, i
+         ON CONFLICT DO NOTHING",
+        &[&target, &depts, &invoices],
+    )?;
+    let rows = tx.query(
+        "SELECT s.dept, s.invoice, s.status, s.run_id, s.at_ms, s.sent_run, s.sent_ms,
+                s.resolution, s.resolved_by, s.resolved_ms, s.claim_run, c.host
+         FROM sends s
+         JOIN unnest($2::text[], $3::text[]) AS k(d, i) ON s.dept = k.d AND s.invoice = k.i
+         LEFT JOIN runs c ON c.id = s.claim_run
+         WHERE s.target = $1
+         ORDER BY s.dept, s.invoice
+         FOR UPDATE OF s",
+        &[&target, &depts, &invoices],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), prior(row, run)))
+        .collect())
+}
+
+/// What a `sends` record says of earlier runs: nothing for a placeholder; a claim when
+/// another run that has not been settled holds it.
+fn prior(row: &Row, run: RunId) -> Option<Prior> {
+    let status: String = row.get(2);
+    let claim: Option<i64> = row.get(10);
+    let claimed_by = claim.filter(|c| *c != run.0).map(|c| {
+        (
+            RunId(c),
+            row.get::<_, Option<String>>(11).unwrap_or_default(),
+        )
+    });
+    if status == "new" && claimed_by.is_none() {
+        return None;
+    }
+    let sent: (Option<i64>, Option<i64>) = (row.get(5), row.get(6));
+    let resolution: (Option<String>, Option<String>, Option<i64>) =
+        (row.get(7), row.get(8), row.get(9));
+    Some(Prior {
+        status: LastStatus::from_stored(&status),
+        run: RunId(row.get(3)),
+        at: from_millis(row.get(4)),
+        sent: sent
+            .0
+            .zip(sent.1)
+            .map(|(r, ms)| (RunId(r), from_millis(ms))),
+        resolution: match resolution {
+            (Some(verdict), Some(by), Some(ms)) => Some(Resolution {
+                delivered: verdict == "delivered",
+                by,
+                on: from_millis(ms),
+            }),
+            _ => None,
+        },
+        claimed_by,
+    })
+}
+
+/// Outcomes, and the attempts before each row's last, in two statements.
+fn write_outcomes(tx: &mut Transaction, run: RunId, outcomes: &[(u64, Outcome)]) -> Result<()> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let col = |f: &dyn Fn(&Outcome) -> Option<String>| {
+        outcomes.iter().map(|(_, o)| f(o)).collect::<Vec<_>>()
+    };
+    let seq: Vec<i64> = outcomes.iter().map(|(s, _)| *s as i64).collect();
+    let status = col(&|o| Some(o.status.as_str().to_string()));
+    let skip = col(&|o| o.skip.map(|s| s.code().to_string()));
+    let http: Vec<Option<i32>> = outcomes
+        .iter()
+        .map(|(_, o)| o.http_status.map(i32::from))
+        .collect();
+    let attempts: Vec<i32> = outcomes.iter().map(|(_, o)| o.attempts as i32).collect();
+    let (payment, invoice) = (
+        col(&|o| o.payment_link.clone()),
+        col(&|o| o.invoice_link.clone()),
+    );
+    let (text, email) = (
+        col(&|o| o.text_sent.clone()),
+        col(&|o| o.email_sent.clone()),
+    );
+    let (errors, warnings) = (
+        col(&|o| Some(o.errors.clone())),
+        col(&|o| Some(o.warnings.clone())),
+    );
+    let message = col(&|o| Some(o.message.clone()));
+    let at: Vec<i64> = outcomes
+        .iter()
+        .map(|(_, o)| o.completed_at.timestamp_millis())
+        .collect();
+    tx.execute(
+        "INSERT INTO outcomes (run_id, seq, status, skip, http_status, attempts, payment_link,
+             invoice_link, text_sent, email_sent, errors, warnings, message, at_ms)
+         SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::int[], $6::int[],
+             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+             $13::text[], $14::bigint[])",
+        &[
+            &run.0, &seq, &status, &skip, &http, &attempts, &payment, &invoice, &text, &email,
+            &errors, &warnings, &message, &at,
+        ],
+    )?;
+    write_attempts(tx, run, outcomes)
+}
+
+fn write_attempts(tx: &mut Transaction, run: RunId, outcomes: &[(u64, Outcome)]) -> Result<()> {
+    let notes: Vec<(i64, i32, &crate::domain::AttemptNote)> = outcomes
+        .iter()
+        .flat_map(|(seq, o)| {
+            o.earlier
+                .iter()
+                .enumerate()
+                .map(move |(n, a)| (*seq as i64, n as i32 + 1, a))
+        })
+        .collect();
+    if notes.is_empty() {
+        return Ok(());
+    }
+    let seq: Vec<i64> = notes.iter().map(|n| n.0).collect();
+    let n: Vec<i32> = notes.iter().map(|n| n.1).collect();
+    let at: Vec<i64> = notes.iter().map(|n| n.2.at.timestamp_millis()).collect();
+    let http: Vec<Option<i32>> = notes
+        .iter()
+        .map(|n| n.2.http_status.map(i32::from))
+        .collect();
+    let what: Vec<&str> = notes.iter().map(|n| n.2.what.as_str()).collect();
+    let errors: Vec<&str> = notes.iter().map(|n| n.2.errors.as_str()).collect();
+    let warnings: Vec<&str> = notes.iter().map(|n| n.2.warnings.as_str()).collect();
+    tx.execute(
+        "INSERT INTO attempts (run_id, seq, n, at_ms, http_status, what, errors, warnings)
+         SELECT $1, * FROM unnest($2::bigint[], $3::int[], $4::bigint[], $5::int[], $6::text[],
+             $7::text[], $8::text[])",
+        &[&run.0, &seq, &n, &at, &http, &what, &errors, &warnings],
+    )?;
+    Ok(())
+}
