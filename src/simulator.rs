@@ -212,6 +212,16 @@ impl Shared {
         }
     }
 
+    /// Waits until `delay` after `arrived`, or until shutdown.
+    async fn delay(&self, arrived: tokio::time::Instant, delay: Duration) {
+        if !delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep_until(arrived + delay) => {}
+                () = self.shutdown.cancelled() => {}
+            }
+        }
+    }
+
     /// A panicking handler must not take the counters down with it.
     fn lock(&self) -> MutexGuard<'_, Counters> {
         self.counters.lock().unwrap_or_else(PoisonError::into_inner)
@@ -319,9 +329,14 @@ struct Incoming<'a> {
 
 /// One handler for every path, so hostile URLs are still counted rather than dropped by a router.
 async fn payment_request(State(sim): State<Arc<Shared>>, req: Request) -> Response {
+    // The latency runs from the request's arrival, so the handler's own work is inside it
+    // rather than added to it: `--latency 100` answers 100 ms after the request came.
+    let arrived = tokio::time::Instant::now();
     let (parts, body) = req.into_parts();
     if let Some(invoice) = paid_status_query(&parts.method, &parts.uri) {
-        return paid_status(&sim, &parts, &invoice).await;
+        let response = paid_status(&sim, &parts, &invoice);
+        sim.delay(arrived, sim.config.latency).await;
+        return response;
     }
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
@@ -359,12 +374,7 @@ async fn payment_request(State(sim): State<Arc<Shared>>, req: Request) -> Respon
     if slow {
         delay += sim.config.slow_delay;
     }
-    if !delay.is_zero() {
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = sim.shutdown.cancelled() => {}
-        }
-    }
+    sim.delay(arrived, delay).await;
     response
 }
 
@@ -468,7 +478,7 @@ fn paid_status_query(method: &Method, uri: &axum::http::Uri) -> Option<String> {
 
 /// `GET /kpayment/v1/invoicePaidStatus`: `paid-` invoices are paid, `noscope-` ones are
 /// refused as if the credentials lacked the scope, others are not paid.
-async fn paid_status(sim: &Shared, parts: &axum::http::request::Parts, invoice: &str) -> Response {
+fn paid_status(sim: &Shared, parts: &axum::http::request::Parts, invoice: &str) -> Response {
     let (limited, at_ms) = sim.check_arrives(invoice);
     let creds = basic_credentials(&parts.headers);
     let refused = match (&sim.config.username, &sim.config.password, &creds) {
@@ -501,12 +511,6 @@ async fn paid_status(sim: &Shared, parts: &axum::http::request::Parts, invoice: 
         auth_user: creds.map(|(user, _)| user),
         body: Value::Null,
     });
-    if !sim.config.latency.is_zero() {
-        tokio::select! {
-            () = tokio::time::sleep(sim.config.latency) => {}
-            () = sim.shutdown.cancelled() => {}
-        }
-    }
     response
 }
 
