@@ -24,7 +24,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::{Attempt, Client};
@@ -191,57 +191,31 @@ impl<A: Api, J: Journal> Dispatcher<A, J> {
     /// Sends every queued row, at most `concurrency` at once, until the queue ends or the
     /// run is stopped; then waits for the requests in flight (bounded by `shutdown_grace`
     /// when interrupted). Rows left in the queue are the caller's to report `not_sent`.
-    ///
-    /// Each of the `concurrency` send slots is a task that takes the next row as soon as its
-    /// last one is done: no task, permit or wake-up of a pool loop per row. When answers come
-    /// back together, the next requests leave sooner, and every row costs less.
-    pub async fn run(self: Arc<Self>, rows: mpsc::Receiver<Admitted>) {
-        let rows = Arc::new(tokio::sync::Mutex::new(rows));
-        let mut slots = JoinSet::new();
-        for _ in 0..self.settings.concurrency {
-            slots.spawn(self.clone().slot(rows.clone()));
+    pub async fn run(self: Arc<Self>, mut rows: mpsc::Receiver<Admitted>) {
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        let mut tasks = JoinSet::new();
+        loop {
+            // The permit is taken before the next row is accepted, so a stopped run leaves
+            // unstarted rows in the queue rather than in tasks.
+            let permit = tokio::select! {
+                biased;
+                _ = self.stopper.stopped() => break,
+                p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            };
+            let row = tokio::select! {
+                biased;
+                _ = self.stopper.stopped() => break,
+                r = rows.recv() => match r { Some(r) => r, None => break },
+            };
+            while tasks.try_join_next().is_some() {}
+            let claims = Claims {
+                department: self.departments.claim(row.request.department.as_str()),
+                paid_scope: self.settings.skip_paid && self.paid_scope.claim(PAID_SCOPE_KEY),
+            };
+            tasks.spawn(self.clone().send_row(row, permit, claims));
         }
-        // A stopped run leaves its unstarted rows in the queue, and lets the reader go on.
-        let close = async {
-            self.stopper.stopped().await;
-            rows.lock().await.close();
-            std::future::pending::<()>().await
-        };
-        tokio::select! {
-            () = self.drain(slots) => {}
-            () = close => {}
-        }
-    }
-
-    /// One send slot: the next row, then the next, until the queue ends or the run stops.
-    async fn slot(self: Arc<Self>, rows: Arc<tokio::sync::Mutex<mpsc::Receiver<Admitted>>>) {
-        while let Some((row, claims)) = self.next_row(&rows).await {
-            self.send_row(row, claims).await;
-        }
-    }
-
-    /// The next row, with its claims decided under the queue's lock, so in input order
-    /// (rows then run in any order, and the row that probes must be the first). `None` once
-    /// the queue has ended or the run stopped.
-    async fn next_row(
-        &self,
-        rows: &tokio::sync::Mutex<mpsc::Receiver<Admitted>>,
-    ) -> Option<(Admitted, Claims)> {
-        let mut rows = tokio::select! {
-            biased;
-            _ = self.stopper.stopped() => return None,
-            rows = rows.lock() => rows,
-        };
-        let row = tokio::select! {
-            biased;
-            _ = self.stopper.stopped() => return None,
-            row = rows.recv() => row?,
-        };
-        let claims = Claims {
-            department: self.departments.claim(row.request.department.as_str()),
-            paid_scope: self.settings.skip_paid && self.paid_scope.claim(PAID_SCOPE_KEY),
-        };
-        Some((row, claims))
+        drop(rows);
+        self.drain(tasks).await;
     }
 
     async fn drain(&self, mut tasks: JoinSet<()>) {
@@ -264,7 +238,12 @@ impl<A: Api, J: Journal> Dispatcher<A, J> {
         }
     }
 
-    async fn send_row(&self, row: Admitted, claims: Claims) {
+    async fn send_row(
+        self: Arc<Self>,
+        row: Admitted,
+        _permit: OwnedSemaphorePermit,
+        claims: Claims,
+    ) {
         let outcome = self.row_outcome(&row, claims).await;
         self.progress.finished(&outcome);
         if outcome.attempts > 0 {
