@@ -41,21 +41,28 @@ impl Seen {
         })
     }
 
-    /// Calls `f` in one transaction: a batch of rows costs one commit, not one per row.
+    /// Calls `f` for a batch of rows; whatever it keeps in SQLite is one commit, not one per
+    /// row (and a batch that fits in memory costs no transaction at all).
     pub fn batch<T>(&mut self, f: impl FnOnce(&mut Batch) -> Result<T>) -> Result<T> {
-        let tx = self.conn.transaction()?;
-        let out = f(&mut Batch {
+        let mut batch = Batch {
             memory: &mut self.memory,
-            tx: &tx,
-        })?;
-        tx.commit()?;
-        Ok(out)
+            tx: &self.conn,
+            began: false,
+        };
+        let out = f(&mut batch);
+        if batch.began {
+            self.conn
+                .execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+        }
+        out
     }
 }
 
 pub struct Batch<'a> {
     memory: &'a mut HashMap<i64, (i64, u64)>,
-    tx: &'a rusqlite::Transaction<'a>,
+    tx: &'a Connection,
+    /// A transaction was begun for this batch.
+    began: bool,
 }
 
 impl Batch<'_> {
@@ -73,6 +80,7 @@ impl Batch<'_> {
             }
             None => {}
         }
+        self.begin()?;
         let earlier: Option<(i64, i64)> = self
             .tx
             .prepare_cached("SELECT check_print, line FROM seen WHERE fingerprint = ?1")?
@@ -92,7 +100,17 @@ impl Batch<'_> {
         }
     }
 
+    /// Begins the batch's transaction, the first time SQLite is used in it.
+    fn begin(&mut self) -> Result<()> {
+        if !self.began {
+            self.tx.execute_batch("BEGIN")?;
+            self.began = true;
+        }
+        Ok(())
+    }
+
     fn exact(&mut self, dept: &str, invoice: &str, line: u64) -> Result<Option<u64>> {
+        self.begin()?;
         let first: Option<i64> = self
             .tx
             .prepare_cached("SELECT line FROM exact WHERE dept = ?1 AND invoice = ?2")?
