@@ -10,6 +10,8 @@
 //! cargo bench --bench dispatch -- overhead --loops 21 --rows 10000 --rate 0 --concurrency 64
 //! cargo bench --bench dispatch -- raw   --rows 100000 --concurrency 64   (no pipeline: bare reqwest)
 //! cargo bench --bench dispatch -- kill  --loops 50 --rows 2000 --rate 200 --concurrency 16
+//! cargo bench --bench dispatch -- overhead --pg ...    (the ledger on scripts/services' PostgreSQL)
+//! cargo bench --bench dispatch -- split --rows 20000 --rate 0 --concurrency 64 (two processes, one PostgreSQL ledger)
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -29,6 +31,9 @@ struct Opts {
     latency: u64,
     ledger: bool,
     loops: u32,
+    /// The ledger is the PostgreSQL of INVOICE_DISPATCH_TEST_PG (scripts/services), not a
+    /// SQLite file. Runs stay apart there because each simulator has its own URL.
+    pg: bool,
 }
 
 fn parse() -> Opts {
@@ -41,6 +46,7 @@ fn parse() -> Opts {
         latency: 0,
         ledger: true,
         loops: 20,
+        pg: false,
     };
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -61,6 +67,7 @@ fn parse() -> Opts {
             "--latency" => o.latency = num(),
             "--loops" => o.loops = num() as u32,
             "--no-ledger" => o.ledger = false,
+            "--pg" => o.pg = true,
             m if !m.starts_with('-') => o.mode = m.to_string(),
             other => panic!("unknown option {other}"),
         }
@@ -166,10 +173,23 @@ fn send_command(o: &Opts, sim: &Sim, dir: &Path, input: &Path) -> Command {
         .env("INVOICE_DISPATCH_PASSWORD", "bench-password")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    if o.ledger {
-        cmd.arg("--ledger").arg(dir.join("ledger.sqlite3"));
-    } else {
-        cmd.arg("--no-ledger");
+    match (o.ledger, o.pg) {
+        (true, true) => {
+            let var = |name: &str| {
+                std::env::var(name).unwrap_or_else(|_| {
+                    panic!("{name}: start scripts/services and source its env file")
+                })
+            };
+            cmd.arg("--ledger")
+                .arg(var("INVOICE_DISPATCH_TEST_PG"))
+                .env("PGPASSWORD", var("INVOICE_DISPATCH_TEST_PGPASSWORD"));
+        }
+        (true, false) => {
+            cmd.arg("--ledger").arg(dir.join("ledger.sqlite3"));
+        }
+        (false, _) => {
+            cmd.arg("--no-ledger");
+        }
     }
     cmd
 }
@@ -383,13 +403,65 @@ fn kill(o: &Opts) {
     );
 }
 
+/// Two processes on one input and one PostgreSQL ledger at once: every invoice must arrive
+/// once, and each process sends a share.
+fn split(o: &Opts) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), o.rows);
+    let sim = Sim::start(o.latency);
+    let pg = Opts {
+        pg: true,
+        ledger: true,
+        ..o.clone()
+    };
+    let spawn = |name: &str| {
+        let mut cmd = send_command(&pg, &sim, dir.path(), &input);
+        cmd.arg("--out")
+            .arg(dir.path().join(format!("{name}.csv")))
+            .arg("--summary-json")
+            .arg(dir.path().join(format!("{name}.json")));
+        cmd.spawn().unwrap()
+    };
+    let started = Instant::now();
+    let (mut a, mut b) = (spawn("a"), spawn("b"));
+    let (sa, sb) = (a.wait().unwrap(), b.wait().unwrap());
+    let wall = started.elapsed();
+    let stats = sim.stats();
+    let sent = |name: &str| {
+        let s: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        s["counts"]["sent"].as_u64().unwrap_or(0)
+    };
+    let twice = stats["by_invoice"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|v| v.as_u64().unwrap_or(0) > 1)
+        .count();
+    println!(
+        "split rows={} rate={} each, concurrency={}: exits {:?}/{:?} in {:.1}s; requests={} received_twice={twice}; shares: {} + {}",
+        o.rows,
+        o.rate,
+        o.concurrency,
+        sa.code(),
+        sb.code(),
+        wall.as_secs_f64(),
+        stats["total_requests"],
+        sent("a"),
+        sent("b")
+    );
+}
+
 fn main() {
     let o = parse();
     match o.mode.as_str() {
+        "split" => split(&o),
         "send" => send(&o),
         "raw" => raw(&o),
         "kill" => kill(&o),
         "overhead" => overhead(&o),
-        other => panic!("unknown mode {other}: send, raw, kill or overhead"),
+        other => panic!("unknown mode {other}: send, raw, kill, overhead or split"),
     }
 }

@@ -19,6 +19,16 @@ pub fn spawn(mut client: Client, run: RunId, location: String) -> Result<mpsc::S
     client
         .batch_execute("SET search_path = invoice_dispatch; SET synchronous_commit = off")
         .context("cannot prepare the ledger's marks connection")?;
+    // Prepared once: a statement given as text is prepared again on every call, which is a
+    // second round trip on each request's path.
+    let insert = client
+        .prepare(
+            "INSERT INTO marks (run_id, seq, at_ms)
+             SELECT $1, s, (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+             FROM unnest($2::bigint[]) AS s
+             ON CONFLICT DO NOTHING",
+        )
+        .context("cannot prepare the ledger's marks connection")?;
     let (tx, mut rx) = mpsc::channel::<Mark>(MAX_QUEUED);
     std::thread::Builder::new()
         .name("ledger-marks".into())
@@ -31,13 +41,7 @@ pub fn spawn(mut client: Client, run: RunId, location: String) -> Result<mpsc::S
                 }
                 let seqs: Vec<i64> = batch.iter().map(|(seq, _)| *seq as i64).collect();
                 let written = client
-                    .execute(
-                        "INSERT INTO marks (run_id, seq, at_ms)
-                         SELECT $1, s, (extract(epoch FROM clock_timestamp()) * 1000)::bigint
-                         FROM unnest($2::bigint[]) AS s
-                         ON CONFLICT DO NOTHING",
-                        &[&run.0, &seqs],
-                    )
+                    .execute(&insert, &[&run.0, &seqs])
                     .map(drop)
                     .map_err(|e| {
                         let why = super::connect::pg_error(&e);

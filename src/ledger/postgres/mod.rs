@@ -20,6 +20,11 @@
 //!
 //! Intents commit synchronously; outcomes with `synchronous_commit = off`, so that the next
 //! synchronous commit (an admission, or the settle) makes them durable.
+//!
+//! A run's rows are joined to its outcomes and marks through `LATERAL (... OFFSET 0)`: one
+//! index lookup per row by (run, row). A plain join is planned on statistics that know
+//! nothing yet of the newest run, which turned it into a scan of all the run's outcomes
+//! for every row.
 
 mod connect;
 mod marks;

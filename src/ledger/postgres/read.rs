@@ -22,7 +22,7 @@ pub fn results(
                       o.payment_link, o.invoice_link, o.text_sent, o.email_sent,
                       coalesce(o.errors, ''), coalesce(o.warnings, ''),
                       coalesce(o.message, r.message), r.completed_at, o.at_ms
-               FROM results r LEFT JOIN outcomes o ON o.run_id = r.run_id AND o.seq = r.seq
+               FROM results r LEFT JOIN LATERAL (SELECT * FROM outcomes WHERE run_id = r.run_id AND seq = r.seq OFFSET 0) o ON true
                WHERE r.run_id = $1 ORDER BY r.seq";
     let params: [&(dyn ToSql + Sync); 1] = [&run.0];
     let mut rows = client.query_raw(sql, params)?;
@@ -141,7 +141,7 @@ pub fn history(
                 coalesce(o.message, r.message), o.at_ms, u.target, r.completed_at, u.started_ms,
                 coalesce(o.attempts, 0), r.seq
          FROM results r JOIN runs u ON u.id = r.run_id
-         LEFT JOIN outcomes o ON o.run_id = r.run_id AND o.seq = r.seq
+         LEFT JOIN LATERAL (SELECT * FROM outcomes WHERE run_id = r.run_id AND seq = r.seq OFFSET 0) o ON true
          WHERE r.invoice = $1 AND ($2::text IS NULL OR r.dept = $2)
          ORDER BY r.run_id, r.seq",
         &[&invoice, &dept],

@@ -123,8 +123,8 @@ pub fn settle_run(
                 CASE WHEN $2 AND m.seq IS NOT NULL THEN 1 ELSE 0 END, '', '',
                 CASE WHEN NOT $2 THEN $5 WHEN m.seq IS NOT NULL THEN $3 ELSE $4 END, $6
          FROM results r
-         LEFT JOIN outcomes o ON o.run_id = r.run_id AND o.seq = r.seq
-         LEFT JOIN marks m ON m.run_id = r.run_id AND m.seq = r.seq
+         LEFT JOIN LATERAL (SELECT * FROM outcomes WHERE run_id = r.run_id AND seq = r.seq OFFSET 0) o ON true
+         LEFT JOIN LATERAL (SELECT seq FROM marks WHERE run_id = r.run_id AND seq = r.seq OFFSET 0) m ON true
          WHERE r.run_id = $1 AND r.status = 'pending' AND o.seq IS NULL",
         &[
             &run.0,
@@ -154,7 +154,7 @@ fn fold(tx: &mut Transaction, run: RunId) -> Result<()> {
                 CASE WHEN o.status IN ('sent', 'partial') THEN $1::bigint END,
                 CASE WHEN o.status IN ('sent', 'partial') THEN o.at_ms END
          FROM results r
-         JOIN outcomes o ON o.run_id = r.run_id AND o.seq = r.seq
+         JOIN LATERAL (SELECT * FROM outcomes WHERE run_id = r.run_id AND seq = r.seq OFFSET 0) o ON true
          JOIN runs u ON u.id = r.run_id
          WHERE r.run_id = $1 AND r.dept IS NOT NULL AND (o.attempts > 0 OR o.status = 'unknown')
          ORDER BY r.dept, r.invoice
@@ -175,7 +175,7 @@ fn fold(tx: &mut Transaction, run: RunId) -> Result<()> {
 pub fn count_rows(tx: &mut impl postgres::GenericClient, run: RunId) -> Result<Counts> {
     let rows = tx.query(
         "SELECT coalesce(o.status, r.status), coalesce(o.skip, r.skip), count(*)
-         FROM results r LEFT JOIN outcomes o ON o.run_id = r.run_id AND o.seq = r.seq
+         FROM results r LEFT JOIN LATERAL (SELECT * FROM outcomes WHERE run_id = r.run_id AND seq = r.seq OFFSET 0) o ON true
          WHERE r.run_id = $1 GROUP BY 1, 2",
         &[&run.0],
     )?;
@@ -329,9 +329,15 @@ fn admit(
         }
     }
     rows.insert(tx, run)?;
+    // By the rows' own addresses, found one index lookup per key (as in `lock_priors`).
     tx.execute(
         "UPDATE sends SET claim_run = $1
-         WHERE target = $2 AND (dept, invoice) IN (SELECT * FROM unnest($3::text[], $4::text[]))",
+         WHERE ctid = ANY (ARRAY(
+             SELECT x.ctid FROM unnest($3::text[], $4::text[]) AS k(d, i)
+             CROSS JOIN LATERAL (
+                 SELECT ctid FROM sends WHERE target = $2 AND dept = k.d AND invoice = k.i
+                 OFFSET 0 -- kept apart, so it is not planned as a join on the target alone
+             ) x))",
         &[&run.0, &target, &claims.0, &claims.1],
     )?;
     Ok(admitted)
@@ -364,15 +370,17 @@ fn lock_priors(
          ON CONFLICT DO NOTHING",
         &[&target, &depts, &invoices],
     )?;
+    // One index lookup per key, driven by the keys (a join on the target alone could scan
+    // every row of a target, and a run's target grows as it goes), locked in key order.
     let rows = tx.query(
         "SELECT s.dept, s.invoice, s.status, s.run_id, s.at_ms, s.sent_run, s.sent_ms,
                 s.resolution, s.resolved_by, s.resolved_ms, s.claim_run, c.host
-         FROM sends s
-         JOIN unnest($2::text[], $3::text[]) AS k(d, i) ON s.dept = k.d AND s.invoice = k.i
+         FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(d, i, n)
+         CROSS JOIN LATERAL (
+             SELECT * FROM sends WHERE target = $1 AND dept = k.d AND invoice = k.i FOR UPDATE
+         ) s
          LEFT JOIN runs c ON c.id = s.claim_run
-         WHERE s.target = $1
-         ORDER BY s.dept, s.invoice
-         FOR UPDATE OF s",
+         ORDER BY k.n",
         &[&target, &depts, &invoices],
     )?;
     Ok(rows
