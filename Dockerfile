@@ -73,8 +73,7 @@ WORKDIR /home/nonroot
 
 # `send` handles SIGTERM (docker stop, Kubernetes) itself: it stops starting requests,
 # waits up to shutdown_grace (default 10 s) for those in flight, writes the results and
-# exits 130. It spawns no children, so running as PID 1 needs no init. (`simulate` watches
-# only SIGINT: as PID 1 it ignores SIGTERM, so stop a simulator container with Ctrl-C, or
-# run it with `docker run --init`.)
+# exits 130. `simulate` stops on SIGTERM or SIGINT. Neither spawns children, so running
+# as PID 1 needs no init.
 ENTRYPOINT ["/usr/local/bin/invoice-dispatch"]
 CMD ["--help"]

@@ -157,8 +157,11 @@ async fn simulate(args: SimulateArgs) -> Result<()> {
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let on_signal = shutdown.clone();
+    // SIGTERM too: in a container the simulator is PID 1, which ignores a signal it does
+    // not handle, so `docker stop` would wait out its timeout.
+    let (mut int, mut term) = signal_handlers()?;
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
         on_signal.cancel();
     });
     // The address goes to stdout on its own line so scripts and benches can read it.

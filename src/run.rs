@@ -499,9 +499,14 @@ impl Evidence<'_> {
     fn leave(&self, cx: &RunContext, pinger: Option<&Pinger>) {
         let e = &self.config.evidence;
         if let Some(path) = &e.report {
-            let written = report::write(path, &self.facts());
-            match written {
-                Ok(()) => tracing::info!("report: {}", path.display()),
+            let started = Instant::now();
+            match report::write(path, &self.facts()) {
+                Ok(bytes) => tracing::info!(
+                    kib = bytes / 1024,
+                    ms = started.elapsed().as_millis() as u64,
+                    "report: {}",
+                    path.display()
+                ),
                 Err(e) => tracing::warn!("{e:#}"),
             }
         }

@@ -670,3 +670,33 @@ async fn log_format_json_in_the_config_file_makes_stderr_json() {
         assert!(v["level"].is_string(), "{line}");
     }
 }
+
+/// In a container the simulator is PID 1, which the kernel spares any signal it does not
+/// handle: without its own SIGTERM handler `docker stop` would wait out its timeout.
+#[tokio::test]
+async fn the_simulator_stops_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+    let w = World::start().await;
+    let mut child = w
+        .command()
+        .args(["simulate", "--listen", "127.0.0.1:0"])
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the simulator says where it listens")
+        .unwrap()
+        .unwrap();
+    assert!(first.contains("http://127.0.0.1:"), "{first}");
+    assert_eq!(
+        unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) },
+        0
+    );
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("the simulator exits on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -32,8 +32,8 @@ pub struct Facts<'a> {
     pub settings: Vec<(&'static str, String)>,
 }
 
-/// Writes the report to `path`, replacing it atomically.
-pub fn write(path: &Path, facts: &Facts) -> Result<()> {
+/// Writes the report to `path`, replacing it atomically; its size in bytes.
+pub fn write(path: &Path, facts: &Facts) -> Result<usize> {
     let page = render(facts).into_string();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -47,7 +47,7 @@ pub fn write(path: &Path, facts: &Facts) -> Result<()> {
     std::io::Write::write_all(&mut temp, page.as_bytes())?;
     temp.persist(path)
         .with_context(|| format!("cannot replace the report {}", path.display()))?;
-    Ok(())
+    Ok(page.len())
 }
 
 /// The verdict in words, and its tone (`ok`, `attention` or `stopped`).
