@@ -941,32 +941,10 @@ fn history_rows(conn: &Connection, invoice: &str, dept: Option<&str>) -> Result<
         let target: String = r.get(11)?;
         let run = RunId(r.get(12)?);
         entries.extend(earlier_attempts(conn, id, run, &target, &department)?);
-        let status: String = r.get(2)?;
-        // When the answer came; for a row settled at admission, when it was admitted.
         let admitted: String = r.get(13)?;
-        let at = match r.get::<_, Option<i64>>(10)? {
-            Some(ms) => from_millis(ms),
-            None => DateTime::parse_from_rfc3339(&admitted)
-                .map(|t| t.with_timezone(&Utc))
-                .unwrap_or_else(|_| from_millis(r.get(14).unwrap_or_default())),
-        };
+        let at = HistoryEntry::row_time(r.get(10)?, &admitted, r.get(14).unwrap_or_default());
+        let (what, status) = HistoryEntry::row_words(r.get(2)?, r.get(15)?);
         entries.push(HistoryEntry {
-            at,
-            run: run.to_string(),
-            target,
-            department,
-            // A row that made requests ends with its last one; others were settled without.
-            what: if r.get::<_, i64>(15)? > 0 {
-                "request"
-            } else {
-                "row"
-            }
-            .into(),
-            status: if status == "pending" {
-                "unfinished".into()
-            } else {
-                status
-            },
             http_status: r.get(3)?,
             text_sent: r.get(4)?,
             email_sent: r.get(5)?,
@@ -974,6 +952,7 @@ fn history_rows(conn: &Connection, invoice: &str, dept: Option<&str>) -> Result<
             invoice_link: r.get(7)?,
             errors: r.get(8)?,
             message: r.get(9)?,
+            ..HistoryEntry::new(at, run, target, department, what, status)
         });
     }
     Ok(entries)
@@ -991,19 +970,17 @@ fn earlier_attempts(
     )?;
     let found = stmt.query_map(params![id], |r| {
         Ok(HistoryEntry {
-            at: from_millis(r.get(0)?),
-            run: run.to_string(),
-            target: target.to_string(),
-            department: department.to_string(),
-            what: "request".into(),
-            status: "retried".into(),
             http_status: r.get(1)?,
-            text_sent: None,
-            email_sent: None,
-            payment_link: None,
-            invoice_link: None,
             errors: r.get(3)?,
             message: r.get(2)?,
+            ..HistoryEntry::new(
+                from_millis(r.get(0)?),
+                run,
+                target.to_string(),
+                department.to_string(),
+                "request",
+                "retried".into(),
+            )
         })
     })?;
     Ok(found.collect::<rusqlite::Result<_>>()?)
@@ -1021,21 +998,13 @@ fn history_resolutions(
     let found = stmt.query_map(params![invoice, dept], |r| {
         let (by, verdict): (String, String) = (r.get(1)?, r.get(2)?);
         let (file, line): (String, i64) = (r.get(6)?, r.get(7)?);
-        Ok(HistoryEntry {
-            at: from_millis(r.get(0)?),
-            run: RunId(r.get(5)?).to_string(),
-            target: r.get(4)?,
-            department: r.get(3)?,
-            what: "resolution".into(),
-            status: verdict.clone(),
-            http_status: None,
-            text_sent: None,
-            email_sent: None,
-            payment_link: None,
-            invoice_link: None,
-            errors: String::new(),
-            message: format!("resolved {verdict} by {by} ({file}, line {line})"),
-        })
+        let place = (RunId(r.get(5)?), r.get(4)?, r.get(3)?);
+        Ok(HistoryEntry::resolution(
+            from_millis(r.get(0)?),
+            place,
+            verdict,
+            (&by, &file, line),
+        ))
     })?;
     Ok(found.collect::<rusqlite::Result<_>>()?)
 }

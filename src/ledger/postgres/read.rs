@@ -157,30 +157,11 @@ pub fn history(
 }
 
 fn row_entry(row: &Row) -> HistoryEntry {
-    let status: String = row.get(2);
     let admitted: String = row.get(12);
-    let at = match row.get::<_, Option<i64>>(10) {
-        Some(ms) => from_millis(ms),
-        None => DateTime::parse_from_rfc3339(&admitted)
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_else(|_| from_millis(row.get(13))),
-    };
+    let at = HistoryEntry::row_time(row.get(10), &admitted, row.get(13));
+    let requests = i64::from(row.get::<_, i32>(14));
+    let (what, status) = HistoryEntry::row_words(row.get(2), requests);
     HistoryEntry {
-        at,
-        run: RunId(row.get(0)).to_string(),
-        target: row.get(11),
-        department: row.get(1),
-        what: if row.get::<_, i32>(14) > 0 {
-            "request"
-        } else {
-            "row"
-        }
-        .into(),
-        status: if status == "pending" {
-            "unfinished".into()
-        } else {
-            status
-        },
         http_status: row.get::<_, Option<i32>>(3).map(|s| s as u16),
         text_sent: row.get(4),
         email_sent: row.get(5),
@@ -188,6 +169,7 @@ fn row_entry(row: &Row) -> HistoryEntry {
         invoice_link: row.get(7),
         errors: row.get(8),
         message: row.get(9),
+        ..HistoryEntry::new(at, RunId(row.get(0)), row.get(11), row.get(1), what, status)
     }
 }
 
@@ -200,19 +182,17 @@ fn earlier_attempts(client: &mut Client, row: &Row) -> Result<Vec<HistoryEntry>>
     Ok(found
         .iter()
         .map(|a| HistoryEntry {
-            at: from_millis(a.get(0)),
-            run: RunId(run).to_string(),
-            target: row.get(11),
-            department: row.get(1),
-            what: "request".into(),
-            status: "retried".into(),
             http_status: a.get::<_, Option<i32>>(1).map(|s| s as u16),
-            text_sent: None,
-            email_sent: None,
-            payment_link: None,
-            invoice_link: None,
             errors: a.get(3),
             message: a.get(2),
+            ..HistoryEntry::new(
+                from_millis(a.get(0)),
+                RunId(run),
+                row.get(11),
+                row.get(1),
+                "request",
+                "retried".into(),
+            )
         })
         .collect())
 }
@@ -232,21 +212,8 @@ fn resolutions(
         .map(|r| {
             let (by, verdict, file, line): (String, String, String, i64) =
                 (r.get(1), r.get(2), r.get(6), r.get(7));
-            HistoryEntry {
-                at: from_millis(r.get(0)),
-                run: RunId(r.get(5)).to_string(),
-                target: r.get(4),
-                department: r.get(3),
-                what: "resolution".into(),
-                status: verdict.clone(),
-                http_status: None,
-                text_sent: None,
-                email_sent: None,
-                payment_link: None,
-                invoice_link: None,
-                errors: String::new(),
-                message: format!("resolved {verdict} by {by} ({file}, line {line})"),
-            }
+            let place = (RunId(r.get(5)), r.get(4), r.get(3));
+            HistoryEntry::resolution(from_millis(r.get(0)), place, verdict, (&by, &file, line))
         })
         .collect())
 }
