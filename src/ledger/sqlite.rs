@@ -917,7 +917,8 @@ impl RawRun {
 /// Every row of every run that had this invoice, with each of its earlier requests.
 fn history_rows(conn: &Connection, invoice: &str, dept: Option<&str>) -> Result<Vec<HistoryEntry>> {
     // Folded runs are found through the index; a run not folded yet (running, or died
-    // since) by reading its rows.
+    // since) by reading its rows. CROSS JOIN and `+` pin that plan: runs outside, then
+    // each unfolded run's id range; left to itself the planner scans every result row.
     let mut stmt = conn.prepare(
         "SELECT r.id, r.dept, coalesce(o.status, r.status), o.http_status, o.text_sent,
                 o.email_sent, o.payment_link, o.invoice_link, coalesce(o.errors, ''),
@@ -927,9 +928,9 @@ fn history_rows(conn: &Connection, invoice: &str, dept: Option<&str>) -> Result<
          WHERE r.id IN (
                  SELECT id FROM by_invoice WHERE key = invoice_key(?1)
                  UNION ALL
-                 SELECT r2.id FROM runs u2 JOIN results r2
+                 SELECT r2.id FROM runs u2 CROSS JOIN results r2
                      ON r2.id BETWEEN u2.id * 4294967296 AND u2.id * 4294967296 + 4294967295
-                 WHERE u2.folded = 0 AND r2.invoice = ?1)
+                 WHERE u2.folded = 0 AND +r2.invoice = ?1)
            AND r.invoice = ?1 AND (?2 IS NULL OR r.dept = ?2)
          ORDER BY r.id",
     )?;
