@@ -73,12 +73,14 @@ pub enum Location {
 
 impl Location {
     /// `postgres://...` (or `postgresql://`) is a PostgreSQL ledger; anything else a path.
+    /// Any other `scheme://` is refused rather than taken for a path: a mistyped URL would
+    /// otherwise become a local file (its password in its name) and a memory of its own.
     pub fn parse(given: &str) -> Result<Location> {
         let given = given.trim();
         if given.is_empty() {
             anyhow::bail!("the ledger is set but empty: give a path, or a postgres:// URL");
         }
-        if given.starts_with("postgres://") || given.starts_with("postgresql://") {
+        if given.contains("://") {
             return Ok(Location::Postgres(PgLocation::parse(given)?));
         }
         Ok(Location::Sqlite(PathBuf::from(given)))

@@ -132,7 +132,15 @@ impl PgLocation {
             .dbname(&self.dbname)
             .application_name("invoice-dispatch")
             .connect_timeout(self.connect_timeout)
-            .keepalives_idle(Duration::from_secs(30));
+            .keepalives_idle(Duration::from_secs(30))
+            // Intents must be on the server's disk before their rows are sent, whatever
+            // the database or role sets; marks and outcomes turn it off for themselves.
+            // The server's own keepalives end a dead machine's session (and free its
+            // run's lock) in about a minute, not the OS's two hours.
+            .options(
+                "-c synchronous_commit=on -c tcp_keepalives_idle=30 \
+                 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
+            );
         if let Some(password) = self.password()? {
             config.password(password);
         }
@@ -353,6 +361,25 @@ mod tests {
             (l.user.as_str(), l.dbname.as_str(), l.port),
             ("ana@corp", "bill ing", 5432)
         );
+    }
+
+    #[test]
+    fn a_mistyped_ledger_url_is_refused_not_taken_for_a_path() {
+        use crate::ledger::Location;
+        for typo in [
+            "Postgres://ana:hunter2@db/billing",
+            "postgress://ana@db/billing",
+        ] {
+            let err = match Location::parse(typo) {
+                Ok(_) => panic!("{typo} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        assert!(matches!(
+            Location::parse("./ledger.sqlite3"),
+            Ok(Location::Sqlite(_))
+        ));
     }
 
     #[test]
