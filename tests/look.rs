@@ -252,6 +252,25 @@ async fn a_bad_resolution_records_nothing_and_names_each_line(backend: Backend) 
         "{}",
         out.stderr
     );
+
+    // The same verdict typed twice is one verdict, recorded once.
+    lines.pop();
+    lines.push(lines[2].clone());
+    let file = w.write("same-twice.csv", lines.join("\n") + "\n");
+    let out = w.look(&["resolve", file.to_str().unwrap()]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("recorded 1 delivered"),
+        "{}",
+        out.stderr
+    );
+    let history = json(&w.look(&["history", "err500-2", "--format", "json"]).await);
+    let verdicts = history.as_array().unwrap().iter();
+    assert_eq!(
+        verdicts.filter(|e| e["what"] == "resolution").count(),
+        1,
+        "{history:#}"
+    );
 }
 
 #[tokio::test]

@@ -50,10 +50,12 @@ pub fn resolve(
         None => target(store, request.results, verdicts)?.unwrap_or_default(),
     };
     let mut report = Resolved::default();
-    let mut record = Vec::new();
+    let mut record: Vec<(&Verdict, i64)> = Vec::new();
     for v in verdicts {
         let state = store.state(&target, &v.dept, &v.invoice)?;
         match judge(v, verdicts, state) {
+            // The same verdict typed on two lines is one verdict.
+            Judged::Record(_) if record.iter().any(|(r, _)| same_row(r, v)) => report.already += 1,
             Judged::Record(run) => record.push((v, run)),
             Judged::Already => report.already += 1,
             Judged::Refused(why) => report.refused.push((v.line, why)),
@@ -116,7 +118,7 @@ fn word(delivered: bool) -> &'static str {
 fn judge(v: &Verdict, all: &[Verdict], state: Option<SendState>) -> Judged {
     let conflict = all
         .iter()
-        .find(|o| o.dept == v.dept && o.invoice == v.invoice && o.delivered != v.delivered);
+        .find(|o| same_row(o, v) && o.delivered != v.delivered);
     if let Some(other) = conflict {
         return Judged::Refused(format!(
             "says {} but line {} says {} for the same row",
@@ -150,6 +152,25 @@ fn judge(v: &Verdict, all: &[Verdict], state: Option<SendState>) -> Judged {
         )),
         None => Judged::Record(state.run),
     }
+}
+
+fn same_row(a: &Verdict, b: &Verdict) -> bool {
+    a.dept == b.dept && a.invoice == b.invoice
+}
+
+/// Checked in the transaction that records a verdict: the row must still be the unknown
+/// request it was judged to be. A run on the same ledger may have sent it again, or a
+/// person resolved it, since; then nothing of the file is recorded.
+pub fn still_as_judged(changed: u64, v: &Verdict) -> Result<()> {
+    if changed != 1 {
+        bail!(
+            "line {}: {} changed in the ledger while it was being resolved (another run, or \
+             another resolve?); nothing was recorded: run resolve again",
+            v.line,
+            v.invoice
+        );
+    }
+    Ok(())
 }
 
 /// The words a verdict is stored as.

@@ -1073,11 +1073,13 @@ impl resolution::Verdicts for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![target, v.dept, v.invoice, verdict, by, at, run, file, v.line as i64],
             )?;
-            tx.execute(
+            let changed = tx.execute(
                 "UPDATE sends SET resolution = ?1, resolved_by = ?2, resolved_ms = ?3
-                 WHERE target = ?4 AND dept = ?5 AND invoice = ?6",
-                params![verdict, by, at, target, v.dept, v.invoice],
+                 WHERE target = ?4 AND dept = ?5 AND invoice = ?6
+                   AND run_id = ?7 AND resolution IS NULL",
+                params![verdict, by, at, target, v.dept, v.invoice, run],
             )?;
+            resolution::still_as_judged(changed as u64, v)?;
         }
         tx.commit()?;
         // A verdict is a person's work: it survives a power cut as soon as it is reported.
