@@ -111,6 +111,9 @@ pub fn settle_run(
     now: DateTime<Utc>,
 ) -> Result<Counts> {
     let mut tx = client.transaction()?;
+    // Waits for the run's mark commits under way and stops any after it (see `marks`), so
+    // the marks read below are all it will ever have.
+    tx.execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", &[&run.0])?;
     let (in_flight, never_left, unknowable) = (
         rule.row(Some(true)).1,
         rule.row(Some(false)).1,
