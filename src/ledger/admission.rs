@@ -140,12 +140,17 @@ pub fn decide(prior: Option<&Prior>, policy: &Policy, now: DateTime<Utc>) -> Dec
                 send
             }
         }
-        (LastStatus::Unknown, Some(r)) => Decision::Send {
-            note: Some(format!(
-                "resolved not delivered by {} on {}, so sent again",
-                r.by,
-                rfc3339(r.on)
-            )),
+        // Not delivered: that request did not reach the customer, but an earlier one may
+        // have (a --resend of a sent row): the dedupe window still counts from that one.
+        (LastStatus::Unknown, Some(r)) => match p.sent {
+            Some((run, at)) if within_window(at) => Decision::Skip(Skip::SentEarlier { run, at }),
+            _ => Decision::Send {
+                note: Some(format!(
+                    "resolved not delivered by {} on {}, so sent again",
+                    r.by,
+                    rfc3339(r.on)
+                )),
+            },
         },
         (LastStatus::Unknown, None) if !policy.retry_unknown => {
             Decision::Skip(Skip::MaybeDelivered {
@@ -334,6 +339,16 @@ mod tests {
                 false,
                 false,
                 "send (noted)",
+            ),
+            (
+                "resolved not delivered, sent by another run 2 h ago",
+                Some(Prior {
+                    sent: Some((RunId(6), now() - chrono::TimeDelta::hours(2))),
+                    ..resolved(false, 1)
+                }),
+                false,
+                false,
+                "skip: sent earlier",
             ),
             (
                 "claimed by a live run",
