@@ -594,13 +594,19 @@ fn read_password_file(path: &Path, warnings: &mut Vec<String>) -> Result<Secret>
 /// Normalises and checks the API base URL: https anywhere, http only to loopback, so that
 /// credentials never cross a network in clear text.
 pub fn check_base_url(raw: &str) -> Result<String> {
-    let url = reqwest::Url::parse(raw.trim())
-        .with_context(|| format!("base_url {raw:?} is not a URL"))?;
-    if url.query().is_some() || url.fragment().is_some() {
-        bail!("base_url {raw:?} must not have a query or fragment");
-    }
+    // A value with an `@` may hold a password: it is never echoed.
+    let shown = if raw.contains('@') {
+        String::new()
+    } else {
+        format!(" {raw:?}")
+    };
+    let url =
+        reqwest::Url::parse(raw.trim()).with_context(|| format!("base_url{shown} is not a URL"))?;
     if !url.username().is_empty() || url.password().is_some() {
         bail!("base_url must not contain credentials; use INVOICE_DISPATCH_USERNAME/PASSWORD");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!("base_url {raw:?} must not have a query or fragment");
     }
     match url.scheme() {
         "https" => {}
@@ -649,6 +655,10 @@ mod tests {
         );
         assert!(check_base_url("https://h/p?x=1").is_err());
         assert!(check_base_url("ftp://h/p").is_err());
+        for with_password in ["https://u:hunter2@h/p?x=1", "https://u:hunter2@[bad/p"] {
+            let err = format!("{:#}", check_base_url(with_password).unwrap_err());
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use csv::ByteRecord;
 
 use crate::domain::{rfc3339, Counts, Outcome, RunId, SkipKind, Status};
-use crate::evidence::AttentionRow;
+use crate::evidence::{clip, AttentionRow};
 use crate::input::{InputOptions, InputReader, Record};
 use crate::ledger::{ResultRow, Store};
 
@@ -52,14 +52,14 @@ impl Rendered {
         }
         self.attention_total += 1;
         if self.attention.len() < ATTENTION_KEPT {
-            let cell = |i: usize| String::from_utf8_lossy(raw.get(i).unwrap_or(b"")).into_owned();
+            let cell = |i: usize| clip(&String::from_utf8_lossy(raw.get(i).unwrap_or(b"")));
             self.attention.push(AttentionRow {
                 line: record.line,
                 department: cell(columns.0),
                 invoice: cell(columns.1),
                 status: o.status,
-                message: o.message.clone(),
-                errors: o.errors.clone(),
+                message: clip(&o.message),
+                errors: clip(&o.errors),
             });
         }
     }

@@ -403,6 +403,9 @@ fn preflight(config: &Send) -> Result<()> {
     if let Some(metrics) = &config.evidence.metrics_file {
         check_writable(metrics, "the metrics")?;
     }
+    if let Some(summary) = &config.summary_json {
+        check_writable(summary, "the summary JSON")?;
+    }
     Ok(())
 }
 

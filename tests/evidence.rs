@@ -213,7 +213,7 @@ async fn an_unreachable_pushgateway_or_ping_url_is_a_warning_that_keeps_the_exit
 async fn unwritable_report_or_metrics_paths_stop_the_run_before_anything_is_sent() {
     let w = World::start().await;
     let input = w.input(&[&format!("{DEPT},ok-1,,")]);
-    for flag in ["--report", "--metrics-file"] {
+    for flag in ["--report", "--metrics-file", "--summary-json"] {
         let nowhere = w.path("no/such/folder/file");
         let run = w.send(&input, &[flag, nowhere.to_str().unwrap()]).await;
         assert_eq!(run.code, 1, "{flag}: {}", run.stderr);

@@ -32,6 +32,17 @@ const MAX_BUCKETS: usize = 600;
 const MAX_GROUPS: usize = 100;
 /// Input lines remembered per error group.
 const LINES_PER_GROUP: usize = 5;
+/// Characters the report keeps of one value. A cell or an answer is hostile and may be
+/// huge (a stray quote can read the rest of a file into one cell): the report stays small.
+const MAX_TEXT_CHARS: usize = 300;
+
+/// `text`, cut to what the report keeps, saying how long it was.
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_TEXT_CHARS) {
+        Some((end, _)) => format!("{}… ({} bytes in all)", &text[..end], text.len()),
+        None => text.to_string(),
+    }
+}
 
 /// Requests in one time bucket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -190,6 +201,7 @@ impl Inner {
     }
 
     fn group(&mut self, kind: Kind, key: String, example: String, line: u64) {
+        let (key, example) = (clip(&key), clip(&example));
         let full = self.groups.len() >= MAX_GROUPS;
         let group = match self.groups.get_mut(&(kind, key.clone())) {
             Some(g) => g,
@@ -244,6 +256,15 @@ fn transport_key(why: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_values_are_clipped_on_a_character_boundary() {
+        assert_eq!(super::clip("short"), "short");
+        let long = "é".repeat(1000);
+        let clipped = super::clip(&long);
+        assert!(clipped.starts_with(&"é".repeat(300)), "{clipped}");
+        assert!(clipped.ends_with("… (2000 bytes in all)"), "{clipped}");
+    }
+
     use super::*;
     use crate::client::{Answer, ApiMessage};
 
