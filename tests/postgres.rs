@@ -180,9 +180,48 @@ async fn open_intents(w: &World) -> (Vec<i64>, Vec<i64>) {
     (open, marked)
 }
 
-/// A run killed with answers taking 200 ms; then, when `restart`, the server restarted
-/// (its start time is the boot id of marks written without a synchronous commit).
-async fn killed_run(restart: bool) -> (World, std::path::PathBuf, Vec<i64>, Vec<i64>) {
+/// What happens to the server between the kill and the rerun.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Then {
+    Nothing,
+    /// A restart: its start time is the boot id of marks written without a synchronous
+    /// commit.
+    Restart,
+    /// One backend killed: the server recovers from a crash, keeping its start time.
+    BackendCrash,
+}
+
+/// Kills one of the server's backends (a process of the server scripts/services started)
+/// and waits, with a bound, until the recovered server takes connections again.
+async fn crash_a_backend(w: &World) {
+    let pg = w.pg.as_ref().unwrap();
+    let client = pg.client().await;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut config: tokio_postgres::Config = pg.url.parse().unwrap();
+        config.password(&pg.password);
+        if let Ok((client, connection)) = config.connect(tokio_postgres::NoTls).await {
+            tokio::spawn(connection);
+            if client.simple_query("SELECT 1").await.is_ok() {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server recovers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A run killed with answers taking 200 ms; then `then` happens to the server.
+async fn killed_run(then: Then) -> (World, std::path::PathBuf, Vec<i64>, Vec<i64>) {
     let w = slow_world(200).await;
     let input = w.input(&rows(DEPT, "ok-", 80));
     let mut child = w
@@ -203,22 +242,28 @@ async fn killed_run(restart: bool) -> (World, std::path::PathBuf, Vec<i64>, Vec<
         open.iter().any(|s| !marked.contains(s)),
         "intents are made ahead of the slots"
     );
-    if restart {
-        let status = std::process::Command::new("sh")
-            .args(["-c", &service("INVOICE_DISPATCH_TEST_PG_RESTART")])
-            .status()
-            .unwrap();
-        assert!(status.success(), "the server restarts");
+    match then {
+        Then::Nothing => {}
+        Then::Restart => {
+            let status = std::process::Command::new("sh")
+                .args(["-c", &service("INVOICE_DISPATCH_TEST_PG_RESTART")])
+                .status()
+                .unwrap();
+            assert!(status.success(), "the server restarts");
+        }
+        Then::BackendCrash => crash_a_backend(&w).await,
     }
     (w, input, open, marked)
 }
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL: run scripts/test"]
-async fn after_a_kill_rows_that_never_left_are_sent_and_a_server_restart_makes_them_all_unknown() {
+async fn after_a_kill_rows_that_never_left_are_sent_and_a_server_restart_or_crash_makes_them_all_unknown(
+) {
     let _server = SERVER.write().await;
-    for restart in [false, true] {
-        let (w, input, open, marked) = killed_run(restart).await;
+    for then in [Then::Nothing, Then::Restart, Then::BackendCrash] {
+        let restart = then != Then::Nothing;
+        let (w, input, open, marked) = killed_run(then).await;
         let before = w.stats();
         let rerun = w.send(&input, &["--concurrency", "16"]).await;
         assert_eq!(rerun.rows.len(), 80, "{}", rerun.stderr);
@@ -227,7 +272,7 @@ async fn after_a_kill_rows_that_never_left_are_sent_and_a_server_restart_makes_t
             let row = &rerun.rows[*seq as usize];
             let key = format!("{DEPT}/{}", row["invoice_guid"]);
             if restart || marked.contains(seq) {
-                assert_eq!(row["status"], "skipped", "restart {restart}: {row:?}");
+                assert_eq!(row["status"], "skipped", "{then:?}: {row:?}");
                 assert!(row["message"].starts_with("unknown"), "{row:?}");
                 assert_eq!(w.stats().by_invoice.get(&key), before.by_invoice.get(&key));
             } else {

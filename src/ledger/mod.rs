@@ -33,7 +33,7 @@
 //! | SIGKILL, OOM kill, panic, a second Ctrl-C | intents, marks in the OS cache, outcomes committed so far | same boot: rows with a mark and no outcome `unknown` (at most the requests in flight), the rest sent normally |
 //! | power cut, kernel crash, reboot | intents (flushed); marks and recent outcomes maybe lost | another boot id: every row with an intent and no outcome `unknown` (at most ~4 x `concurrency`) |
 //! | pod moved to another node (SQLite on a volume) | as above | another boot id: as above |
-//! | PostgreSQL server crash or restart | intents (synchronous commits); marks and outcomes maybe lost | another server start time: every such row `unknown` |
+//! | PostgreSQL server crash or restart | intents (synchronous commits); marks and outcomes maybe lost | another server start time, or the run's `open_runs` sentinel gone (crash recovery): every such row `unknown` |
 //! | the client machine, with a PostgreSQL ledger | everything committed reached the server | same server start time: marks are authoritative |
 //!
 //! A run that ends normally (even interrupted, or stopped by a breaker) settles its own

@@ -16,7 +16,12 @@
 //! - **Leaving marks** are rows committed with `synchronous_commit = off` by a connection
 //!   of their own: on the server before the request leaves, not flushed to its disk. The
 //!   server's start time plays the boot id's part: a dead run's marks are trusted only if
-//!   the server has not restarted since the run began.
+//!   the server has not restarted since the run began, and its row in the unlogged
+//!   `open_runs` is still there (crash recovery after one backend's crash keeps the start
+//!   time but empties unlogged tables, and may have lost marks).
+//! - **A settled run marks nothing more.** Settling locks the run's record first; a mark
+//!   is written only with that record share-locked and not folded, so a run whose session
+//!   was lost, and which another run settled, cannot send a row after its marks were read.
 //!
 //! Intents commit synchronously; outcomes with `synchronous_commit = off`, so that the next
 //! synchronous commit (an admission, or the settle) makes them durable.

@@ -8,7 +8,7 @@ use postgres::Client;
 use super::connect::pg_error;
 use super::{PgLocation, RUN_LOCKS};
 
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 /// The oldest server the SQL here is written for.
 const OLDEST_SERVER: i32 = 120000;
 
@@ -71,6 +71,10 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          at_ms bigint NOT NULL, run_id bigint NOT NULL, file text NOT NULL, line bigint NOT NULL
      );
      CREATE INDEX resolutions_invoice ON resolutions (invoice);",
+    // 2: a sentinel per open run in a table crash recovery empties. A backend's crash
+    // makes the server recover without a new start time, and marks committed without
+    // waiting for the disk may be gone: they are trusted only while the sentinel is there.
+    "CREATE UNLOGGED TABLE open_runs (run_id bigint PRIMARY KEY);",
 ];
 
 /// Makes sure the ledger's schema is there and current. A read-only open (`runs`,

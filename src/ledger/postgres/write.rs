@@ -43,6 +43,7 @@ pub fn begin(client: &mut Client, run: &RunInfo) -> Result<RunId> {
         "SELECT pg_advisory_lock($1, $2)",
         &[&RUN_LOCKS, &lock_key(RunId(id))],
     )?;
+    tx.execute("INSERT INTO open_runs VALUES ($1)", &[&id])?;
     tx.commit()?;
     Ok(RunId(id))
 }
@@ -85,8 +86,15 @@ pub fn settle_dead_runs(client: &mut Client, now: DateTime<Utc>) -> Result<()> {
             continue; // alive, elsewhere
         }
         // Its marks were committed without waiting for the server's disk: they are there
-        // unless the server restarted since the run began.
-        let trusted = started == server;
+        // unless the server restarted since the run began, or recovered from a crash
+        // (which empties `open_runs`).
+        let sentinel: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM open_runs WHERE run_id = $1)",
+                &[&run.0],
+            )?
+            .get(0);
+        let trusted = started == server && sentinel;
         let counts = settle_run(client, run, &Unfinished::dead(run), trusted, now)?;
         tracing::info!(
             "settled run {run}, which died before it finished: {}",
@@ -144,6 +152,7 @@ pub fn settle_run(
         "UPDATE runs SET folded = true, counts = $1 WHERE id = $2",
         &[&counts.to_record(), &run.0],
     )?;
+    tx.execute("DELETE FROM open_runs WHERE run_id = $1", &[&run.0])?;
     tx.commit()?;
     Ok(counts)
 }
