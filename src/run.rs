@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -474,10 +474,17 @@ fn keep_window(window: &SendWindow, cx: &RunContext, progress: &Progress) -> Joi
             until
         }
     };
-    let left = (until - cx.clock.now()).to_std().unwrap_or_default();
-    let stopper = cx.stopper.clone();
+    let (clock, stopper) = (cx.clock, cx.stopper.clone());
     cx.runtime.spawn(async move {
-        tokio::time::sleep(left).await;
+        // The wall clock decides, looked at every second at least: a timer's clock does
+        // not count the time a suspended laptop slept, and the window must not outlive it.
+        loop {
+            let left = (until - clock.now()).to_std().unwrap_or_default();
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+        }
         stopper.stop(StopReason::WindowClosed);
     })
 }
