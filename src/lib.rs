@@ -14,7 +14,8 @@
 //! results      the ledger's rows beside the input, in input order -> results CSV
 //! run          wires the stages for `send`, `send --dry-run` and `validate`
 //! look         the commands that read the ledger back: runs, history, export, resolve
-//! evidence     the run's tally of requests, latencies and errors
+//! evidence     the run's tally of requests, latencies and errors; the report and metrics
+//! files        results, report and metrics replaced atomically and durably
 //! domain       the words every stage shares: statuses, skips, counts, stop reasons, clock
 //! window       the send window: when requests may leave, in the customers' time zone
 //! simulator    the fake API, beside all of it, for rehearsals, tests and benches
@@ -26,6 +27,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod evidence;
+pub mod files;
 pub mod input;
 pub mod ledger;
 pub mod look;

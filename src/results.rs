@@ -8,11 +8,12 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use csv::ByteRecord;
 
 use crate::domain::{rfc3339, Counts, Outcome, RunId, SkipKind, Status};
 use crate::evidence::{clip, AttentionRow};
+use crate::files::replace_atomically;
 use crate::input::{InputOptions, InputReader, Record};
 use crate::ledger::{ResultRow, Store};
 
@@ -91,28 +92,6 @@ fn cells(o: &Outcome) -> [String; 11] {
     ]
 }
 
-/// Writes to a temporary file beside `out` and renames it over `out` once complete.
-fn replace_atomically(out: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut temp = tempfile::Builder::new()
-        .prefix(".invoice-dispatch-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write {} (in {})", out.display(), dir.display()))?;
-    {
-        let mut file = std::io::BufWriter::new(temp.as_file_mut());
-        write(&mut file)?;
-        file.flush()?;
-    }
-    temp.as_file().sync_all()?;
-    temp.persist(out)
-        .with_context(|| format!("cannot replace {}", out.display()))?;
-    Ok(())
-}
-
 /// Renders the results of `run` beside the input to `out`, replacing it atomically.
 /// `unsent` is what a row the ledger never saw says (the run stopped before reading it).
 pub fn render(
@@ -125,7 +104,7 @@ pub fn render(
 ) -> Result<Rendered> {
     let mut reader = InputReader::open(input, options)?;
     let mut rendered = Rendered::default();
-    replace_atomically(out, |file| {
+    replace_atomically(out, "the results", 0o600, |file| {
         if reader.had_bom() {
             // Excel reads a BOM-less CSV as the local code page; keep what the input had.
             file.write_all(b"\xEF\xBB\xBF")?;

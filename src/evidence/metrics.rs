@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 
 use crate::domain::Counts;
+use crate::files::replace_atomically;
 
 const LAST_SUCCESS: &str = "invoice_dispatch_last_success_timestamp_seconds";
 /// Pushes and pings wait this long at most: monitoring must not hold a run up.
@@ -112,26 +113,11 @@ pub fn write_file(path: &Path, m: &RunMetrics) -> Result<()> {
             .ok()
             .and_then(|old| previous_success(&old))
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut temp = tempfile::Builder::new()
-        .prefix(".invoice-dispatch-")
-        .suffix(".prom.tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write the metrics file {}", path.display()))?;
-    std::io::Write::write_all(&mut temp, m.text(last_success).as_bytes())?;
     // The collector runs as another user: the file must be readable by it.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        temp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    }
-    temp.persist(path)
-        .with_context(|| format!("cannot replace the metrics file {}", path.display()))?;
-    Ok(())
+    let text = m.text(last_success);
+    replace_atomically(path, "the metrics file", 0o644, |file| {
+        Ok(file.write_all(text.as_bytes())?)
+    })
 }
 
 fn previous_success(text: &str) -> Option<f64> {

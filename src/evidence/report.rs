@@ -5,12 +5,13 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::{AttentionRow, Kind, Snapshot};
 use crate::domain::{rfc3339, Counts, Status};
+use crate::files::replace_atomically;
 
 /// What the report shows.
 pub struct Facts<'a> {
@@ -35,18 +36,9 @@ pub struct Facts<'a> {
 /// Writes the report to `path`, replacing it atomically; its size in bytes.
 pub fn write(path: &Path, facts: &Facts) -> Result<usize> {
     let page = render(facts).into_string();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut temp = tempfile::Builder::new()
-        .prefix(".invoice-dispatch-")
-        .suffix(".html.tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write the report {}", path.display()))?;
-    std::io::Write::write_all(&mut temp, page.as_bytes())?;
-    temp.persist(path)
-        .with_context(|| format!("cannot replace the report {}", path.display()))?;
+    replace_atomically(path, "the report", 0o600, |file| {
+        Ok(file.write_all(page.as_bytes())?)
+    })?;
     Ok(page.len())
 }
 
