@@ -795,7 +795,8 @@ fn queue_rows(
                 let mut counts = progress.counts.lock().unwrap();
                 counts.add(status, skip);
             }
-            (Admission::Send { .. }, None) => {}
+            // Admission sends only valid rows: those come with their request.
+            (Admission::Send { .. }, None) => unreachable!("a row to send without a request"),
         }
     }
 }

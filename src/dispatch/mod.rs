@@ -411,12 +411,7 @@ impl<A: Api, J: Journal> Dispatcher<A, J> {
             return Some((Status::Failed, refused(&why)));
         }
         if !self.pacer.turn(&self.stopper).await {
-            let reason = self
-                .stopper
-                .reason()
-                .cloned()
-                .unwrap_or(StopReason::Interrupted);
-            return Some((Status::NotSent, reason.not_sent_message()));
+            return Some((Status::NotSent, self.not_sent_message()));
         }
         self.departments
             .refused(dept)
@@ -516,14 +511,14 @@ impl<A: Api, J: Journal> Dispatcher<A, J> {
     }
 
     fn stopped_ending(&self) -> Ending {
-        let reason = self
-            .stopper
-            .reason()
-            .cloned()
-            .unwrap_or(StopReason::Interrupted);
-        Box::new(move |t: Tries, c: &Clock| {
-            t.finish(Status::NotSent, reason.not_sent_message(), c.now())
-        })
+        let message = self.not_sent_message();
+        Box::new(move |t: Tries, c: &Clock| t.finish(Status::NotSent, message, c.now()))
+    }
+
+    /// What a row the run stopped before says: why it stopped.
+    fn not_sent_message(&self) -> String {
+        let reason = self.stopper.reason().cloned();
+        reason.unwrap_or(StopReason::Interrupted).not_sent_message()
     }
 }
 

@@ -48,7 +48,6 @@ mod sqlite;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -404,7 +403,6 @@ pub trait Store: Send {
     fn close(&mut self, exit_code: u8, now: DateTime<Utc>) -> Result<()>;
     /// Every row of `run`, in input order.
     fn results(&mut self, run: RunId, f: &mut dyn FnMut(ResultRow) -> Result<()>) -> Result<()>;
-    fn current_run(&self) -> Option<RunId>;
     /// The last `last` runs, newest first.
     fn runs(&mut self, last: usize) -> Result<Vec<RunRecord>>;
     fn run(&mut self, run: RunId) -> Result<Option<RunRecord>>;
@@ -614,9 +612,4 @@ impl crate::dispatch::Journal for LedgerHandle {
             .await
             .map_err(|_| gone())
     }
-}
-
-/// `duration` as people write it in the config (`"400d"`).
-pub fn describe_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
 }

@@ -312,10 +312,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn current_run(&self) -> Option<RunId> {
-        self.run.as_ref().map(|r| r.0)
-    }
-
     fn runs(&mut self, last: usize) -> Result<Vec<RunRecord>> {
         let mut stmt = self
             .conn

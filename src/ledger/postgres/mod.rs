@@ -131,10 +131,6 @@ impl Store for PgStore {
         read::results(&mut self.client, run, f)
     }
 
-    fn current_run(&self) -> Option<RunId> {
-        self.run.as_ref().map(|r| r.0)
-    }
-
     fn runs(&mut self, last: usize) -> Result<Vec<RunRecord>> {
         read::runs(&mut self.client, Some(last), None)
     }
