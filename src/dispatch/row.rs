@@ -68,6 +68,19 @@ pub(super) fn classify(attempt: &Attempt, flags: &Flags) -> Verdict {
     if (200..300).contains(&status) && acted_on(answer, flags) {
         return judge_success(answer, flags);
     }
+    // Any other status with a link or a channel's SUCCESS contradicts itself; what it
+    // shows is that the customer may have been notified, so it is never sent again, nor
+    // retried, without a person.
+    if acted_on(answer, flags) {
+        return Verdict::Done(
+            Status::Unknown,
+            with_problem(
+                answer,
+                format!("{http}, yet the answer holds a payment link or a channel's SUCCESS: the request may have been acted on"),
+            ),
+            Effect::None,
+        );
+    }
     if status == 401 || answer.has_error_code(&CREDENTIAL_CODES) {
         let why = with_problem(answer, format!("{http}: credentials refused"));
         return Verdict::Done(Status::Failed, why.clone(), Effect::StopRun(why));
@@ -103,7 +116,7 @@ pub(super) fn classify(attempt: &Attempt, flags: &Flags) -> Verdict {
     }
 }
 
-/// Whether a 2xx answer shows the request was acted on.
+/// Whether an answer shows the request was acted on (the client keeps no empty link).
 fn acted_on(answer: &Answer, flags: &Flags) -> bool {
     let success = |r: &Option<String>| {
         r.as_deref()
@@ -390,6 +403,26 @@ mod tests {
                 Status::Failed
             );
         }
+    }
+
+    #[test]
+    fn a_refusal_that_shows_a_link_or_a_sent_text_is_unknown_never_retried() {
+        let flags = Flags {
+            send_as_text: true,
+            send_as_email: false,
+            ..Flags::default()
+        };
+        for code in [400, 429, 500, 503] {
+            let linked = answered(code, |a| a.payment_link = Some("https://pay/x".into()));
+            assert_eq!(status_of(classify(&linked, &flags)), Status::Unknown);
+            let texted = answered(code, |a| a.text_sent = Some("SUCCESS".into()));
+            assert_eq!(status_of(classify(&texted, &flags)), Status::Unknown);
+        }
+        let email_not_asked = answered(400, |a| a.email_sent = Some("SUCCESS".into()));
+        assert_eq!(
+            status_of(classify(&email_not_asked, &flags)),
+            Status::Failed
+        );
     }
 
     #[test]
