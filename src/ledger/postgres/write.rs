@@ -373,12 +373,15 @@ fn lock_priors(
     if keys.is_empty() {
         return Ok(BTreeMap::new());
     }
+    // One order for every lock here: Rust's (bytes). `ORDER BY d, i` would follow the
+    // database's collation, which can differ, and two runs could cross.
     keys.sort();
     let (depts, invoices): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
     tx.execute(
         "INSERT INTO sends (target, dept, invoice, status, run_id, at_ms)
-         SELECT $1, d, i, 'new', 0, 0 FROM unnest($2::text[], $3::text[]) AS k(d, i)
-         ORDER BY d, i
+         SELECT $1, d, i, 'new', 0, 0
+         FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(d, i, n)
+         ORDER BY n
          ON CONFLICT DO NOTHING",
         &[&target, &depts, &invoices],
     )?;
