@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{Entry, EntryKind};
-use crate::domain::{rfc3339, RunId, Skip, SkipKind, Status, StopReason};
+use crate::domain::{from_millis, rfc3339, RunId, Skip, SkipKind, Status, StopReason};
 
 /// How admission treats what earlier runs did.
 #[derive(Clone, Copy, Debug)]
@@ -65,6 +65,41 @@ pub struct Prior {
     pub resolution: Option<Resolution>,
     /// Another run holds it and is alive (a shared ledger): run and host.
     pub claimed_by: Option<(RunId, String)>,
+}
+
+/// A `sends` record's columns, as both stores keep them.
+pub struct StoredPrior {
+    pub status: String,
+    pub run: i64,
+    pub at_ms: i64,
+    /// `sent_run`, `sent_ms`.
+    pub sent: (Option<i64>, Option<i64>),
+    /// `resolution`, `resolved_by`, `resolved_ms`.
+    pub resolution: (Option<String>, Option<String>, Option<i64>),
+}
+
+impl Prior {
+    pub fn from_stored(s: StoredPrior, claimed_by: Option<(RunId, String)>) -> Prior {
+        Prior {
+            status: LastStatus::from_stored(&s.status),
+            run: RunId(s.run),
+            at: from_millis(s.at_ms),
+            sent: s
+                .sent
+                .0
+                .zip(s.sent.1)
+                .map(|(r, ms)| (RunId(r), from_millis(ms))),
+            resolution: match s.resolution {
+                (Some(verdict), Some(by), Some(ms)) => Some(Resolution {
+                    delivered: verdict == "delivered",
+                    by,
+                    on: from_millis(ms),
+                }),
+                _ => None,
+            },
+            claimed_by,
+        }
+    }
 }
 
 /// What admission decides for a valid row.

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
-use super::admission::{judge, LastStatus, Policy, Prior, Resolution};
+use super::admission::{judge, Policy, Prior, StoredPrior};
 use super::resolution::{self, SendState};
 use super::{
     boot_id, Admission, Batch, Entry, EntryKind, HistoryEntry, Marks, ResolveRequest, Resolved,
@@ -595,28 +595,14 @@ fn prior(tx: &Transaction, target: &str, dept: &str, invoice: &str) -> Result<Op
              FROM sends WHERE target = ?1 AND dept = ?2 AND invoice = ?3",
         )?
         .query_row(params![target, dept, invoice], |r| {
-            let status: String = r.get(0)?;
-            let sent: (Option<i64>, Option<i64>) = (r.get(3)?, r.get(4)?);
-            let resolution: (Option<String>, Option<String>, Option<i64>) =
-                (r.get(5)?, r.get(6)?, r.get(7)?);
-            Ok(Prior {
-                status: LastStatus::from_stored(&status),
-                run: RunId(r.get(1)?),
-                at: from_millis(r.get(2)?),
-                sent: sent
-                    .0
-                    .zip(sent.1)
-                    .map(|(run, ms)| (RunId(run), from_millis(ms))),
-                resolution: match resolution {
-                    (Some(verdict), Some(by), Some(ms)) => Some(Resolution {
-                        delivered: verdict == "delivered",
-                        by,
-                        on: from_millis(ms),
-                    }),
-                    _ => None,
-                },
-                claimed_by: None,
-            })
+            let stored = StoredPrior {
+                status: r.get(0)?,
+                run: r.get(1)?,
+                at_ms: r.get(2)?,
+                sent: (r.get(3)?, r.get(4)?),
+                resolution: (r.get(5)?, r.get(6)?, r.get(7)?),
+            };
+            Ok(Prior::from_stored(stored, None))
         })
         .optional()?;
     Ok(found)

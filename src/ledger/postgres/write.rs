@@ -9,9 +9,8 @@ use chrono::{DateTime, Utc};
 use postgres::{Client, Row, Transaction};
 
 use super::{RUN_LOCKS, SERVER_STARTED};
-use crate::domain::from_millis;
 use crate::domain::{rfc3339, Counts, Outcome, RunId, SkipKind, Status, StopReason};
-use crate::ledger::admission::{judge, LastStatus, Policy, Prior, Resolution};
+use crate::ledger::admission::{judge, Policy, Prior, StoredPrior};
 use crate::ledger::{Admission, Batch, Entry, EntryKind, RunInfo, Unfinished};
 
 /// Records the run and takes its lock, in one transaction: nobody can see the run before
@@ -418,27 +417,14 @@ fn prior(row: &Row, run: RunId) -> Option<Prior> {
     if status == "new" && claimed_by.is_none() {
         return None;
     }
-    let sent: (Option<i64>, Option<i64>) = (row.get(5), row.get(6));
-    let resolution: (Option<String>, Option<String>, Option<i64>) =
-        (row.get(7), row.get(8), row.get(9));
-    Some(Prior {
-        status: LastStatus::from_stored(&status),
-        run: RunId(row.get(3)),
-        at: from_millis(row.get(4)),
-        sent: sent
-            .0
-            .zip(sent.1)
-            .map(|(r, ms)| (RunId(r), from_millis(ms))),
-        resolution: match resolution {
-            (Some(verdict), Some(by), Some(ms)) => Some(Resolution {
-                delivered: verdict == "delivered",
-                by,
-                on: from_millis(ms),
-            }),
-            _ => None,
-        },
-        claimed_by,
-    })
+    let stored = StoredPrior {
+        status,
+        run: row.get(3),
+        at_ms: row.get(4),
+        sent: (row.get(5), row.get(6)),
+        resolution: (row.get(7), row.get(8), row.get(9)),
+    };
+    Some(Prior::from_stored(stored, claimed_by))
 }
 
 /// Outcomes, and the attempts before each row's last, in two statements.
