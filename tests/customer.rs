@@ -216,10 +216,7 @@ async fn ctrl_c_while_waiting_for_the_window_exits_at_once() {
         panic!("the run ended without waiting: {said:?}");
     });
     waiting.await.expect("the run should say it is waiting");
-    assert_eq!(
-        unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) },
-        0
-    );
+    signal(&child, libc::SIGINT);
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("the wait should end at once")

@@ -242,8 +242,7 @@ async fn a_report_is_written_after_an_interrupt_and_after_a_credentials_breaker(
         w.stats().total_requests >= 5
     })
     .await;
-    let pid = child.id().unwrap() as i32;
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    signal(&child, libc::SIGINT);
     let run = w.finish(child.wait_with_output().await.unwrap());
     assert_eq!(run.code, 130, "{}", run.stderr);
     let page = std::fs::read_to_string(&report).unwrap();

@@ -8,11 +8,6 @@ use std::time::Duration;
 use common::*;
 use invoice_dispatch::simulator::SimConfig;
 
-fn signal(child: &tokio::process::Child, sig: i32) {
-    let pid = child.id().expect("child still running") as i32;
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-}
-
 on_both_ledgers!(
     running_the_same_command_twice_sends_nothing_the_second_time,
     reruns_retry_failed_invalid_and_keep_unknown_until_asked,
@@ -24,16 +19,6 @@ on_both_ledgers!(
     a_row_skipped_because_it_may_have_been_delivered_still_exits_2,
     simulate_with_a_ledger_rehearses_the_rerun,
 );
-
-pub fn no_invoice_twice(w: &World) {
-    let twice: Vec<_> = w
-        .stats()
-        .by_invoice
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .collect();
-    assert!(twice.is_empty(), "received twice: {twice:?}");
-}
 
 async fn running_the_same_command_twice_sends_nothing_the_second_time(backend: Backend) {
     let w = World::on(backend).await;

@@ -16,16 +16,6 @@ use invoice_dispatch::simulator::SimConfig;
 /// run of theirs loses its connection to the restart.
 static SERVER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-fn no_invoice_twice(w: &World) {
-    let twice: Vec<_> = w
-        .stats()
-        .by_invoice
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .collect();
-    assert!(twice.is_empty(), "received twice: {twice:?}");
-}
-
 async fn slow_world(latency_ms: u64) -> World {
     let latency = Duration::from_millis(latency_ms);
     World::with_on(
@@ -124,10 +114,7 @@ async fn one_of_two_processes_killed_then_rerun_sends_nothing_twice() {
         w.stats().total_requests >= 100
     })
     .await;
-    assert_eq!(
-        unsafe { libc::kill(a.id().unwrap() as i32, libc::SIGKILL) },
-        0
-    );
+    signal(&a, libc::SIGKILL);
     a.wait().await.unwrap();
     let b = b.wait_with_output().await.unwrap();
     // b skips what a had claimed: a has not been settled while b runs.
@@ -204,10 +191,7 @@ async fn crash_a_backend(w: &World) {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let mut config: tokio_postgres::Config = pg.url.parse().unwrap();
-        config.password(&pg.password);
-        if let Ok((client, connection)) = config.connect(tokio_postgres::NoTls).await {
-            tokio::spawn(connection);
+        if let Ok(client) = Pg::try_client(&pg.url, &pg.password).await {
             if client.simple_query("SELECT 1").await.is_ok() {
                 return;
             }
@@ -232,10 +216,7 @@ async fn killed_run(then: Then) -> (World, std::path::PathBuf, Vec<i64>, Vec<i64
         w.stats().total_requests >= 12
     })
     .await;
-    assert_eq!(
-        unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGKILL) },
-        0
-    );
+    signal(&child, libc::SIGKILL);
     child.wait().await.unwrap();
     let (open, marked) = open_intents(&w).await;
     assert!(

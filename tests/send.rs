@@ -690,10 +690,7 @@ async fn the_simulator_stops_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(first.contains("http://127.0.0.1:"), "{first}");
-    assert_eq!(
-        unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) },
-        0
-    );
+    signal(&child, libc::SIGTERM);
     let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
         .await
         .expect("the simulator exits on SIGTERM")

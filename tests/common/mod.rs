@@ -69,11 +69,19 @@ impl Pg {
 
     /// A connection to `url` with `password`, driven on the test's runtime.
     pub async fn admin_client(url: &str, password: &str) -> tokio_postgres::Client {
+        Pg::try_client(url, password).await.unwrap()
+    }
+
+    /// The same, or why the server would not take it.
+    pub async fn try_client(
+        url: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let mut config: tokio_postgres::Config = url.parse().unwrap();
         config.password(password);
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
-        client
+        Ok(client)
     }
 
     /// A connection to this test's database.
@@ -311,6 +319,23 @@ pub fn parse_results(text: &str) -> Vec<HashMap<String, String>> {
                 .collect()
         })
         .collect()
+}
+
+/// Sends `sig` to a child that is still running.
+pub fn signal(child: &tokio::process::Child, sig: i32) {
+    let pid = child.id().expect("child still running") as i32;
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+/// No invoice reached the simulator more than once.
+pub fn no_invoice_twice(w: &World) {
+    let twice: Vec<_> = w
+        .stats()
+        .by_invoice
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    assert!(twice.is_empty(), "received twice: {twice:?}");
 }
 
 /// Polls `cond` every 10 ms until it holds or `limit` passes; panics with `what` on timeout.
