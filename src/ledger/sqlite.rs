@@ -249,7 +249,7 @@ impl Store for SqliteStore {
     fn commit(&mut self, batch: &mut Batch, policy: &Policy, now: DateTime<Utc>) -> Result<()> {
         let (run, target) = self.current()?;
         let target = target.to_string();
-        let tx = self.conn.transaction()?;
+        let tx = writing(&mut self.conn)?;
         let mut intents = false;
         let at = Admitting {
             run,
@@ -394,7 +394,7 @@ impl SqliteStore {
         now: DateTime<Utc>,
         unfinished: &dyn Fn(u64) -> (Status, &'r str, u32),
     ) -> Result<Counts> {
-        let tx = self.conn.transaction()?;
+        let tx = writing(&mut self.conn)?;
         let (first, last) = run_rows(run);
         let open: Vec<u64> = tx
             .prepare(
@@ -610,6 +610,14 @@ fn prior(tx: &Transaction, target: &str, dept: &str, invoice: &str) -> Result<Op
 
 /// Writes a row's outcome. Its time is kept once, as `at_ms` (`completed_at` is left empty
 /// and derived when read: formatting it for every row cost more than the rest of the row).
+/// A transaction that takes the write lock at once. A deferred one that reads first and
+/// then writes gets SQLITE_BUSY straight away, without waiting out the busy timeout, if
+/// another connection (`resolve`, a backup, someone's sqlite3 shell) is writing: the run
+/// would stop on a lock held for a moment.
+fn writing(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
+
 fn write_outcome(tx: &Transaction, id: i64, o: &Outcome) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO outcomes (status, skip, http_status, attempts, payment_link, invoice_link,
@@ -1042,7 +1050,7 @@ impl resolution::Verdicts for SqliteStore {
         request: &ResolveRequest,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = writing(&mut self.conn)?;
         let (by, file, at) = (
             request.by,
             request.results.display().to_string(),
