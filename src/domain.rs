@@ -6,11 +6,11 @@ use std::sync::OnceLock;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::ser::SerializeMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 /// A row's final status, as the results file spells it (SPEC section 4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Status {
     Sent,
     Partial,
@@ -138,7 +138,7 @@ impl Skip {
 }
 
 /// What is stored of a skip: enough to count it without reading its message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SkipKind {
     SentEarlier,
     MaybeDelivered,
@@ -173,7 +173,7 @@ impl SkipKind {
 
 /// One HTTP exchange of a row that was not its last (the last one's fields are the row's
 /// own): kept so that `history` can tell every request apart.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptNote {
     pub at: DateTime<Utc>,
     /// What the attempt was and what came of it, e.g. "HTTP 503; retried".
@@ -184,7 +184,7 @@ pub struct AttemptNote {
 }
 
 /// What happened to one row.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     pub status: Status,
     pub skip: Option<SkipKind>,

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use invoice_dispatch::ledger::journal::Journal;
 use invoice_dispatch::simulator::SimConfig;
 
 on_both_ledgers!(
@@ -16,6 +17,7 @@ on_both_ledgers!(
     sigint_finishes_in_flight_writes_results_and_the_rerun_sends_only_the_rest,
     sigterm_is_handled_like_sigint,
     sigkill_at_a_random_moment_then_rerun_never_sends_an_invoice_twice,
+    a_kill_while_the_ledger_writer_is_held_up_loses_no_answer,
     a_row_skipped_because_it_may_have_been_delivered_still_exits_2,
     simulate_with_a_ledger_rehearses_the_rerun,
 );
@@ -234,6 +236,129 @@ async fn sigkill_at_a_random_moment_then_rerun_never_sends_an_invoice_twice(back
     assert_eq!(rerun.summary["skipped_unknown"], unknown as u64);
 }
 
+/// Holds up the ledger's writer as a slow disk or a busy server would: SQLite's write lock,
+/// or PostgreSQL's lock on the table admissions write to (answers do not touch it).
+enum Hold {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio_postgres::Client),
+}
+
+const ADMITTED: &str = "SELECT count(*) FROM results WHERE status = 'pending'";
+
+impl Hold {
+    /// Takes the hold once rows admitted to be sent are `ahead` of those the API received,
+    /// so that they will be sent while the writer is held. The requests received then.
+    async fn take(w: &World, ahead: u64) -> (Hold, u64) {
+        for _ in 0..100 {
+            let hold = match &w.pg {
+                None => {
+                    let conn = rusqlite::Connection::open(w.ledger()).unwrap();
+                    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                    Hold::Sqlite(conn)
+                }
+                Some(pg) => {
+                    let client = pg.client().await;
+                    client
+                        .batch_execute(
+                            "SET search_path = invoice_dispatch; BEGIN;
+                             LOCK TABLE results IN EXCLUSIVE MODE",
+                        )
+                        .await
+                        .unwrap();
+                    Hold::Postgres(client)
+                }
+            };
+            let received = w.stats().total_requests;
+            let admitted: i64 = match &hold {
+                Hold::Sqlite(conn) => conn.query_row(ADMITTED, [], |r| r.get(0)).unwrap(),
+                Hold::Postgres(client) => client.query_one(ADMITTED, &[]).await.unwrap().get(0),
+            };
+            if admitted as u64 >= received + ahead {
+                return (hold, received);
+            }
+            hold.let_go().await;
+            wait_for("another request", Duration::from_secs(20), || {
+                w.stats().total_requests > received
+            })
+            .await;
+        }
+        panic!("the run never got {ahead} rows ahead of its requests");
+    }
+
+    async fn let_go(self) {
+        match self {
+            Hold::Sqlite(conn) => conn.execute_batch("ROLLBACK").unwrap(),
+            Hold::Postgres(client) => client.batch_execute("ROLLBACK").await.unwrap(),
+        }
+    }
+
+    /// Lets go once the run was killed, and waits until its sessions are gone (a session
+    /// blocked on the lock learns only afterwards that its client died).
+    async fn let_go_of_the_dead(self) {
+        let Hold::Postgres(client) = self else {
+            return self.let_go().await;
+        };
+        client.batch_execute("ROLLBACK").await.unwrap();
+        let others = "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()";
+        for _ in 0..200 {
+            let n: i64 = client.query_one(others, &[]).await.unwrap().get(0);
+            if n == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the killed run's sessions did not end");
+    }
+}
+
+/// Answers are kept before their send slot is released, so a kill while the writer lags
+/// far behind leaves at most the slots' rows unknown: every other row the API answered is
+/// known to the rerun, and skipped as sent.
+async fn a_kill_while_the_ledger_writer_is_held_up_loses_no_answer(backend: Backend) {
+    let w = World::on(backend).await;
+    let input = w.input(&rows(DEPT, "ok-", 200));
+    let args = ["--rate", "50", "--concurrency", "4"];
+    let mut child = w.send_command(&input, &args).spawn().unwrap();
+    wait_for("the first request", Duration::from_secs(20), || {
+        w.stats().total_requests >= 1
+    })
+    .await;
+    let (hold, held_at) = Hold::take(&w, 6).await;
+    wait_for(
+        "answers while the writer is held",
+        Duration::from_secs(4),
+        || w.stats().total_requests >= held_at + 6,
+    )
+    .await;
+    signal(&child, libc::SIGKILL);
+    child.wait().await.unwrap();
+    hold.let_go_of_the_dead().await;
+    let before = w.stats();
+
+    let rerun = w.send(&input, &args).await;
+    assert_eq!(rerun.rows.len(), 200, "{}", rerun.stderr);
+    no_invoice_twice(&w);
+    let (mut unknown, mut known) = (0, 0);
+    for row in &rerun.rows {
+        let key = format!("{DEPT}/{}", row["invoice_guid"]);
+        if before.by_invoice.contains_key(&key) {
+            assert_eq!(row["status"], "skipped", "{row:?}");
+            match row["message"].starts_with("unknown") {
+                true => unknown += 1,
+                false => known += 1,
+            }
+        } else {
+            assert_eq!(row["status"], "sent", "{row:?}");
+        }
+    }
+    assert!(
+        unknown <= 4,
+        "{unknown} unknown and {known} known of {} received, concurrency 4",
+        before.total_requests
+    );
+}
+
 #[tokio::test]
 async fn a_corrupt_newer_or_unwritable_ledger_is_fatal_before_sending() {
     let w = World::start().await;
@@ -429,8 +554,8 @@ async fn simulate_with_a_ledger_rehearses_the_rerun(backend: Backend) {
     assert_eq!(second.statuses(), ["skipped", "skipped", "skipped"]);
 }
 
-/// Rows of run 1 with an intent and no outcome, and the rows its marks file holds.
-fn intents_and_marks(w: &World) -> (Vec<u64>, Vec<u64>) {
+/// Rows of run 1 with an intent and no outcome, and what its journal holds.
+fn intents_and_journal(w: &World) -> (Vec<u64>, Journal) {
     let conn = rusqlite::Connection::open(w.ledger()).unwrap();
     let open: Vec<u64> = conn
         .prepare(
@@ -442,14 +567,9 @@ fn intents_and_marks(w: &World) -> (Vec<u64>, Vec<u64>) {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    let mut marks_path = w.ledger().into_os_string();
-    marks_path.push(".r1.marks");
-    let bytes = std::fs::read(&marks_path).unwrap();
-    let marks = bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (open, marks)
+    let mut path = w.ledger().into_os_string();
+    path.push(".r1.marks");
+    (open, Journal::read(path.as_ref()).unwrap())
 }
 
 /// Sends the rows with answers taking 200 ms, on boot `boot`, and kills the run with
@@ -482,17 +602,24 @@ async fn after_a_kill_another_boot_id_makes_every_open_intent_unknown_and_the_sa
         .await;
         let input = w.input(&rows(DEPT, "ok-", 80));
         killed_run(&w, &input, "boot-A", 12).await;
-        let (open, marked) = intents_and_marks(&w);
+        let (open, journal) = intents_and_journal(&w);
         let never_left: Vec<u64> = open
             .iter()
             .copied()
-            .filter(|s| !marked.contains(s))
+            .filter(|s| !journal.marked.contains(s))
             .collect();
         assert!(
             !never_left.is_empty(),
             "intents are written ahead of the slots: {open:?}"
         );
         let before = w.stats();
+        let received_before = |invoice: &str| {
+            before
+                .by_invoice
+                .get(&format!("{DEPT}/{invoice}"))
+                .copied()
+                .unwrap_or(0)
+        };
 
         let boot = if same_boot { "boot-A" } else { "boot-B" };
         let mut rerun_cmd = w.send_command(&input, &["--concurrency", "16"]);
@@ -500,25 +627,28 @@ async fn after_a_kill_another_boot_id_makes_every_open_intent_unknown_and_the_sa
         let rerun = w.finish(rerun_cmd.output().await.unwrap());
         assert_eq!(rerun.rows.len(), 80, "{}", rerun.stderr);
         no_invoice_twice(&w);
+        let (mut unanswered, mut answered) = (0, 0);
         for seq in &open {
             let row = &rerun.rows[*seq as usize];
             let invoice = &row["invoice_guid"];
-            let left = marked.contains(seq) || !same_boot;
-            if left {
+            if same_boot && journal.answers.contains_key(seq) {
+                // Answered before the kill, not yet committed: the journal has the answer.
+                assert_eq!(row["status"], "skipped", "{row:?}");
+                assert!(row["message"].starts_with("sent "), "{row:?}");
+                assert_eq!(w.received(DEPT, invoice), 1);
+                answered += 1;
+            } else if journal.marked.contains(seq) || !same_boot {
                 assert_eq!(row["status"], "skipped", "{row:?}");
                 assert!(row["message"].starts_with("unknown"), "{row:?}");
-                assert_eq!(
-                    w.received(DEPT, invoice),
-                    before
-                        .by_invoice
-                        .get(&format!("{DEPT}/{invoice}"))
-                        .copied()
-                        .unwrap_or(0)
-                );
+                assert_eq!(w.received(DEPT, invoice), received_before(invoice));
+                unanswered += 1;
             } else {
                 assert_eq!(row["status"], "sent", "{row:?}");
                 assert_eq!(w.received(DEPT, invoice), 1);
             }
+        }
+        if same_boot {
+            assert!(unanswered <= 4, "{unanswered} unanswered, concurrency 4");
         }
         // The dead run's rows are settled in the ledger too.
         let unknown: usize = rerun
@@ -527,7 +657,7 @@ async fn after_a_kill_another_boot_id_makes_every_open_intent_unknown_and_the_sa
             .filter(|r| r["message"].starts_with("unknown"))
             .count();
         let want = if same_boot {
-            open.len() - never_left.len()
+            open.len() - never_left.len() - answered
         } else {
             open.len()
         };

@@ -13,24 +13,28 @@
 //!    and one queue (`concurrency` rows) ahead, so at most about four times `concurrency`
 //!    rows hold an intent without having left.
 //! 2. **Leaving mark** (written, not flushed): just before a request's first byte leaves,
-//!    the sending task appends the row's number to the run's marks file (SQLite), or
-//!    commits it without waiting for the disk (PostgreSQL, `synchronous_commit = off`). It
-//!    reaches the operating system (or the server) before the request leaves, so it
-//!    survives the death of the process, though not of the machine (or the server).
-//! 3. **Outcome** (written, flushed later): each answer rides the next commit. After a
-//!    power cut a lost outcome leaves an intent with a leaving mark, or with no evidence at
-//!    all, and both read as `unknown`: a lost outcome never turns into a resend.
+//!    the sending task appends the row's number to the run's journal file (SQLite,
+//!    [`journal`]), or commits it without waiting for the disk (PostgreSQL,
+//!    `synchronous_commit = off`). It reaches the operating system (or the server) before
+//!    the request leaves, so it survives the death of the process, though not of the
+//!    machine (or the server).
+//! 3. **Answer** (written, flushed later): before a row gives up its send slot, its outcome
+//!    reaches the OS or the server the same way (the journal; the PostgreSQL answers
+//!    connection), and it rides the next durable commit. So a kill leaves at most the rows
+//!    holding a slot with a mark and no answer, however far the writer has fallen behind.
+//!    After a power cut a lost outcome leaves an intent with a leaving mark, or with no
+//!    evidence at all, and both read as `unknown`: a lost outcome never turns into a resend.
 //!
 //! Each run records the machine's boot id (`/proc/sys/kernel/random/boot_id`;
 //! `INVOICE_DISPATCH_TEST_BOOT_ID` for tests), or for PostgreSQL the server's start time.
 //! A later run that finds a dead run's rows with an intent and no outcome settles them:
-//! same boot id, so the marks file is intact: a row with a leaving mark is `unknown`, a row
-//! without one never left and is sent normally; another boot id, or none: every such row
+//! same boot id, so the journal is intact: a row with an answer there gets it, one with
+//! only a leaving mark is `unknown`, a row without either never left and is sent normally; another boot id, or none: every such row
 //! is `unknown`, since its mark may have been lost.
 //!
 //! | what dies | what it leaves | what the next run does |
 //! |---|---|---|
-//! | SIGKILL, OOM kill, panic, a second Ctrl-C | intents, marks in the OS cache, outcomes committed so far | same boot: rows with a mark and no outcome `unknown` (at most the requests in flight), the rest sent normally |
+//! | SIGKILL, OOM kill, panic, a second Ctrl-C | intents; marks and answers in the OS cache (or on the server) | same boot: answers recorded; rows with a mark and no answer `unknown` (at most the requests in flight), the rest sent normally |
 //! | power cut, kernel crash, reboot | intents (flushed); marks and recent outcomes maybe lost | another boot id: every row with an intent and no outcome `unknown` (at most ~4 x `concurrency`) |
 //! | pod moved to another node (SQLite on a volume) | as above | another boot id: as above |
 //! | PostgreSQL server crash or restart | intents (synchronous commits); marks and outcomes maybe lost | another server start time, or the run's `open_runs` sentinel gone (crash recovery): every such row `unknown` |
@@ -41,6 +45,7 @@
 //! flight `unknown`; so only runs that died leave settling to the next run.
 
 pub mod admission;
+pub mod journal;
 mod postgres;
 mod resolution;
 mod sqlite;
@@ -430,37 +435,37 @@ pub fn open(location: &Location, read_only: bool) -> Result<Box<dyn Store>> {
     }
 }
 
-/// Where leaving marks go.
+/// Where leaving marks and answers go: somewhere that survives the death of the process
+/// before the request leaves, and before the row's send slot is released.
 #[derive(Clone)]
 pub enum Marks {
-    /// A file of 8-byte row numbers, appended to by each sending task: the append reaches
-    /// the OS page cache before the request leaves, with no thread hop and no flush.
+    /// The run's journal file, appended to by each sending task: each append reaches the
+    /// OS page cache at once, with no thread hop and no flush (see [`journal`]).
     File(Arc<File>),
-    /// A PostgreSQL connection of their own (see the PostgreSQL store).
-    Remote(mpsc::Sender<postgres::Mark>),
+    /// PostgreSQL connections of their own (see the PostgreSQL store).
+    Remote {
+        marks: mpsc::Sender<postgres::Mark>,
+        answers: mpsc::Sender<postgres::Answer>,
+    },
 }
 
 impl Marks {
     pub async fn leave(&self, seq: u64) -> Result<()> {
         match self {
-            Marks::File(file) => {
-                use std::io::Write;
-                // One write(2) of 8 bytes on an O_APPEND file: whole or not at all, and
-                // never interleaved with another task's.
-                (&**file)
-                    .write_all(&seq.to_le_bytes())
-                    .context("cannot write the leaving mark")
-            }
-            Marks::Remote(tx) => {
-                let (reply, written) = oneshot::channel();
-                tx.send((seq, reply)).await.map_err(|_| gone())?;
-                written
-                    .await
-                    .map_err(|_| gone())?
-                    .map_err(|e| anyhow::anyhow!(e))
-            }
+            Marks::File(file) => journal::leave(file, seq),
+            Marks::Remote { marks, .. } => written(marks, seq).await,
         }
     }
+}
+
+/// Sends `item` to a PostgreSQL side connection and waits until it is on the server.
+async fn written<T>(to: &mpsc::Sender<postgres::Note<T>>, item: T) -> Result<()> {
+    let (reply, written) = oneshot::channel();
+    to.send((item, reply)).await.map_err(|_| gone())?;
+    written
+        .await
+        .map_err(|_| gone())?
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Commands folded into one commit at most.
@@ -603,13 +608,21 @@ impl crate::dispatch::Journal for LedgerHandle {
         self.marks.leave(seq).await
     }
 
+    /// Returns once the answer would survive the death of the process, so that the rows a
+    /// kill leaves with a mark and no answer are at most those holding a send slot.
     async fn record(&self, seq: u64, outcome: Outcome) -> Result<()> {
-        self.tx
-            .send(Cmd::Record {
-                seq,
-                outcome: Box::new(outcome),
-            })
-            .await
-            .map_err(|_| gone())
+        match &self.marks {
+            Marks::Remote { answers, .. } => written(answers, (seq, Box::new(outcome))).await,
+            Marks::File(file) => {
+                journal::answer(file, seq, &outcome)?;
+                self.tx
+                    .send(Cmd::Record {
+                        seq,
+                        outcome: Box::new(outcome),
+                    })
+                    .await
+                    .map_err(|_| gone())
+            }
+        }
     }
 }

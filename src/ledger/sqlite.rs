@@ -13,7 +13,7 @@
 //! `LEDGER.rN.marks`, and read back only when the run is settled (see the module above).
 //! One run at a time holds the ledger's lock file, `LEDGER.lock`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use super::admission::{judge, Policy, Prior, StoredPrior};
+use super::journal::Journal;
 use super::resolution::{self, SendState};
 use super::{
     boot_id, Admission, Batch, Entry, EntryKind, HistoryEntry, Marks, ResolveRequest, Resolved,
@@ -221,7 +222,7 @@ impl Store for SqliteStore {
         let id = RunId(self.conn.last_insert_rowid());
         let marks = self.marks_file(id);
         File::create(&marks)
-            .with_context(|| format!("cannot create the marks file {}", marks.display()))?;
+            .with_context(|| format!("cannot create the journal file {}", marks.display()))?;
         self.marks_path = Some(marks);
         if self.durable {
             // The file SQLite appends every commit to; it exists once anything was written.
@@ -242,7 +243,7 @@ impl Store for SqliteStore {
         let file = File::options()
             .append(true)
             .open(path)
-            .with_context(|| format!("cannot open the marks file {}", path.display()))?;
+            .with_context(|| format!("cannot open the journal file {}", path.display()))?;
         Ok(Marks::File(Arc::new(file)))
     }
 
@@ -284,9 +285,11 @@ impl Store for SqliteStore {
                 .execute_batch("PRAGMA wal_autocheckpoint = 1000;")?;
         }
         let marks = self.marks_path.clone().context("no run was begun")?;
-        let marked = read_marks(&marks)?;
+        let journal = Journal::read(&marks)?;
         let rule = Unfinished::own(end);
-        let counts = self.settle_run(run, now, &|seq| rule.row(Some(marked.contains(&seq))))?;
+        let counts = self.settle_run(run, now, &journal.answers, &|seq| {
+            rule.row(Some(journal.marked.contains(&seq)))
+        })?;
         let _ = std::fs::remove_file(&marks);
         Ok(counts)
     }
@@ -363,19 +366,27 @@ impl SqliteStore {
         for (id, boot, marks_durable) in dead {
             let run = RunId(id);
             let file = self.marks_file(run);
-            // Which rows left: the marks file, if the machine has not restarted since (its
-            // writes were never flushed); the marks table of a schema-2 run (each of its
-            // marks was flushed before its request left); otherwise nobody can tell.
-            let marked = if marks_durable {
-                Some(marked_in_table(&self.conn, run)?)
+            // Which rows left, and what came back: the journal, if the machine has not
+            // restarted since (its writes were never flushed); the marks table of a
+            // schema-2 run (each of its marks was flushed before its request left);
+            // otherwise nobody can tell.
+            let journal = if marks_durable {
+                Some(Journal {
+                    marked: marked_in_table(&self.conn, run)?,
+                    ..Journal::default()
+                })
             } else if boot.is_some() && boot == this_boot && file.exists() {
-                Some(read_marks(&file)?)
+                Some(Journal::read(&file)?)
             } else {
                 None
             };
             let rule = Unfinished::dead(run);
-            let counts = self.settle_run(run, now, &|seq| {
-                rule.row(marked.as_ref().map(|m| m.contains(&seq)))
+            let answers = journal
+                .as_ref()
+                .map(|j| j.answers.clone())
+                .unwrap_or_default();
+            let counts = self.settle_run(run, now, &answers, &|seq| {
+                rule.row(journal.as_ref().map(|j| j.marked.contains(&seq)))
             })?;
             tracing::info!(
                 "settled run {run}, which died before it finished: {}",
@@ -386,12 +397,14 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Gives every unfinished row of `run` the status `unfinished` says, folds the run into
-    /// `sends` and `by_invoice`, and records its counts, in one durable commit.
+    /// Gives every unfinished row of `run` its journalled answer, or else the status
+    /// `unfinished` says, folds the run into `sends` and `by_invoice`, and records its
+    /// counts, in one durable commit.
     fn settle_run<'r>(
         &mut self,
         run: RunId,
         now: DateTime<Utc>,
+        answers: &HashMap<u64, Outcome>,
         unfinished: &dyn Fn(u64) -> (Status, &'r str, u32),
     ) -> Result<Counts> {
         let tx = writing(&mut self.conn)?;
@@ -404,6 +417,10 @@ impl SqliteStore {
             .query_map(params![first, last], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         for seq in open {
+            if let Some(answer) = answers.get(&seq) {
+                write_outcome(&tx, row_id(run, seq), answer)?;
+                continue;
+            }
             let (status, message, attempts) = unfinished(seq);
             let outcome = Outcome {
                 attempts,
@@ -747,20 +764,6 @@ fn prune(conn: &Connection, now: DateTime<Utc>, retention: Duration) -> Result<(
         ))?;
     }
     Ok(())
-}
-
-/// The row numbers in a marks file; a torn last record (there should be none: each is one
-/// write) is ignored.
-fn read_marks(path: &Path) -> Result<HashSet<u64>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    Ok(bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect())
 }
 
 /// A schema-2 run's marks, which it flushed before each request left.
@@ -1260,20 +1263,5 @@ mod tests {
         assert_eq!(invoice_key("a") as u64, 0xaf63_dc4c_8601_ec8c);
         assert_eq!(invoice_key("foobar") as u64, 0x8594_4171_f739_67e8);
         assert_ne!(invoice_key("INV-1"), invoice_key("INV-2"));
-    }
-
-    #[test]
-    fn a_marks_file_reads_back_whole_records_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m");
-        let mut bytes: Vec<u8> = [3u64, 7, 1 << 40]
-            .iter()
-            .flat_map(|n| n.to_le_bytes())
-            .collect();
-        bytes.extend_from_slice(&[1, 2, 3]);
-        std::fs::write(&path, bytes).unwrap();
-        let marks = read_marks(&path).unwrap();
-        assert_eq!(marks, HashSet::from([3, 7, 1 << 40]));
-        assert!(read_marks(&dir.path().join("none")).unwrap().is_empty());
     }
 }

@@ -14,7 +14,9 @@
 //!   connection lives. A run whose lock another session can take is dead; the taker settles
 //!   it (at the start of its own run).
 //! - **Leaving marks** are rows committed with `synchronous_commit = off` by a connection
-//!   of their own: on the server before the request leaves, not flushed to its disk. The
+//!   of their own: on the server before the request leaves, not flushed to its disk. Each
+//!   answer is committed the same way on another connection before its send slot is
+//!   released, so a run that dies leaves at most its slots' rows marked and unanswered. The
 //!   server's start time plays the boot id's part: a dead run's marks are trusted only if
 //!   the server has not restarted since the run began, and its row in the unlogged
 //!   `open_runs` is still there (crash recovery after one backend's crash keeps the start
@@ -24,7 +26,9 @@
 //!   was lost, and which another run settled, cannot send a row after its marks were read.
 //!
 //! Intents commit synchronously; outcomes with `synchronous_commit = off`, so that the next
-//! synchronous commit (an admission, or the settle) makes them durable.
+//! synchronous commit (an admission, or the settle) makes them durable. The writer's
+//! connection carries only intents: an outcome queued behind an intent's wait for the
+//! server's disk would be lost to a kill, and its row read as unknown.
 //!
 //! A run's rows are joined to its outcomes and marks through `LATERAL (... OFFSET 0)`: one
 //! index lookup per row by (run, row). A plain join is planned on statistics that know
@@ -50,7 +54,7 @@ use super::{
 use crate::domain::{Counts, RunId};
 
 pub use connect::PgLocation;
-pub use marks::Mark;
+pub use marks::{Answer, Mark, Note};
 
 /// The advisory-lock namespace of run locks (the first key of the two-key form).
 const RUN_LOCKS: i32 = 0x1d15;
@@ -100,12 +104,11 @@ impl Store for PgStore {
 
     fn marks(&self) -> Result<Marks> {
         let (run, _) = self.current()?;
-        let client = self.location.connect()?;
-        Ok(Marks::Remote(marks::spawn(
-            client,
-            run,
-            self.location.to_string(),
-        )?))
+        let name = self.location.to_string();
+        Ok(Marks::Remote {
+            marks: marks::marks(self.location.connect()?, run, name.clone())?,
+            answers: marks::answers(self.location.connect()?, run, name)?,
+        })
     }
 
     fn commit(&mut self, batch: &mut Batch, policy: &Policy, now: DateTime<Utc>) -> Result<()> {

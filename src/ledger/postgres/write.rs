@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use postgres::{Client, Row, Transaction};
 
 use super::{RUN_LOCKS, SERVER_STARTED};
-use crate::domain::{rfc3339, Counts, Outcome, RunId, SkipKind, Status, StopReason};
+use crate::domain::{rfc3339, Counts, RunId, SkipKind, Status, StopReason};
 use crate::ledger::admission::{judge, Policy, Prior, StoredPrior};
 use crate::ledger::{Admission, Batch, Entry, EntryKind, RunInfo, Unfinished};
 
@@ -226,8 +226,8 @@ pub fn prune(client: &mut Client, now: DateTime<Utc>, retention: Duration) -> Re
     Ok(())
 }
 
-/// One commit of admissions and outcomes: synchronous when it holds admissions (their
-/// rows are queued to be sent once it returns), otherwise not.
+/// One synchronous commit of admissions: their rows are queued to be sent once it
+/// returns. Outcomes never come here: each goes on the answers connection (see `marks`).
 pub fn commit(
     client: &mut Client,
     run: RunId,
@@ -236,16 +236,14 @@ pub fn commit(
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    anyhow::ensure!(
+        batch.outcomes.is_empty(),
+        "outcomes are written on the answers connection"
+    );
     let mut tx = client.transaction()?;
-    if batch.admits.is_empty() {
-        // Outcomes ride the next synchronous commit: one lost to a server crash leaves a
-        // row with its mark, which reads as unknown, never as a resend.
-        tx.batch_execute("SET LOCAL synchronous_commit = off")?;
-    }
     for (entries, admitted, stopped) in &mut batch.admits {
         *admitted = admit(&mut tx, run, target, entries, policy, now, stopped.as_ref())?;
     }
-    write_outcomes(&mut tx, run, &batch.outcomes)?;
     tx.commit()?;
     Ok(())
 }
@@ -425,83 +423,4 @@ fn prior(row: &Row, run: RunId) -> Option<Prior> {
         resolution: (row.get(7), row.get(8), row.get(9)),
     };
     Some(Prior::from_stored(stored, claimed_by))
-}
-
-/// Outcomes, and the attempts before each row's last, in two statements.
-fn write_outcomes(tx: &mut Transaction, run: RunId, outcomes: &[(u64, Outcome)]) -> Result<()> {
-    if outcomes.is_empty() {
-        return Ok(());
-    }
-    let col = |f: &dyn Fn(&Outcome) -> Option<String>| {
-        outcomes.iter().map(|(_, o)| f(o)).collect::<Vec<_>>()
-    };
-    let seq: Vec<i64> = outcomes.iter().map(|(s, _)| *s as i64).collect();
-    let status = col(&|o| Some(o.status.as_str().to_string()));
-    let skip = col(&|o| o.skip.map(|s| s.code().to_string()));
-    let http: Vec<Option<i32>> = outcomes
-        .iter()
-        .map(|(_, o)| o.http_status.map(i32::from))
-        .collect();
-    let attempts: Vec<i32> = outcomes.iter().map(|(_, o)| o.attempts as i32).collect();
-    let (payment, invoice) = (
-        col(&|o| o.payment_link.clone()),
-        col(&|o| o.invoice_link.clone()),
-    );
-    let (text, email) = (
-        col(&|o| o.text_sent.clone()),
-        col(&|o| o.email_sent.clone()),
-    );
-    let (errors, warnings) = (
-        col(&|o| Some(o.errors.clone())),
-        col(&|o| Some(o.warnings.clone())),
-    );
-    let message = col(&|o| Some(o.message.clone()));
-    let at: Vec<i64> = outcomes
-        .iter()
-        .map(|(_, o)| o.completed_at.timestamp_millis())
-        .collect();
-    tx.execute(
-        "INSERT INTO outcomes (run_id, seq, status, skip, http_status, attempts, payment_link,
-             invoice_link, text_sent, email_sent, errors, warnings, message, at_ms)
-         SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::int[], $6::int[],
-             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-             $13::text[], $14::bigint[])",
-        &[
-            &run.0, &seq, &status, &skip, &http, &attempts, &payment, &invoice, &text, &email,
-            &errors, &warnings, &message, &at,
-        ],
-    )?;
-    write_attempts(tx, run, outcomes)
-}
-
-fn write_attempts(tx: &mut Transaction, run: RunId, outcomes: &[(u64, Outcome)]) -> Result<()> {
-    let notes: Vec<(i64, i32, &crate::domain::AttemptNote)> = outcomes
-        .iter()
-        .flat_map(|(seq, o)| {
-            o.earlier
-                .iter()
-                .enumerate()
-                .map(move |(n, a)| (*seq as i64, n as i32 + 1, a))
-        })
-        .collect();
-    if notes.is_empty() {
-        return Ok(());
-    }
-    let seq: Vec<i64> = notes.iter().map(|n| n.0).collect();
-    let n: Vec<i32> = notes.iter().map(|n| n.1).collect();
-    let at: Vec<i64> = notes.iter().map(|n| n.2.at.timestamp_millis()).collect();
-    let http: Vec<Option<i32>> = notes
-        .iter()
-        .map(|n| n.2.http_status.map(i32::from))
-        .collect();
-    let what: Vec<&str> = notes.iter().map(|n| n.2.what.as_str()).collect();
-    let errors: Vec<&str> = notes.iter().map(|n| n.2.errors.as_str()).collect();
-    let warnings: Vec<&str> = notes.iter().map(|n| n.2.warnings.as_str()).collect();
-    tx.execute(
-        "INSERT INTO attempts (run_id, seq, n, at_ms, http_status, what, errors, warnings)
-         SELECT $1, * FROM unnest($2::bigint[], $3::int[], $4::bigint[], $5::int[], $6::text[],
-             $7::text[], $8::text[])",
-        &[&run.0, &seq, &n, &at, &http, &what, &errors, &warnings],
-    )?;
-    Ok(())
 }
