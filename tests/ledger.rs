@@ -631,7 +631,7 @@ async fn after_a_kill_another_boot_id_makes_every_open_intent_unknown_and_the_sa
         for seq in &open {
             let row = &rerun.rows[*seq as usize];
             let invoice = &row["invoice_guid"];
-            if same_boot && journal.answers.contains_key(seq) {
+            if same_boot && journal.answer(*seq).is_some() {
                 // Answered before the kill, not yet committed: the journal has the answer.
                 assert_eq!(row["status"], "skipped", "{row:?}");
                 assert!(row["message"].starts_with("sent "), "{row:?}");

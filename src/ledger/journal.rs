@@ -13,6 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -21,11 +22,13 @@ use crate::domain::Outcome;
 
 const ANSWER: u64 = 1 << 63;
 
-/// What a journal file says.
+/// What a journal file says. Answers are decoded only when asked for: a run that ends
+/// normally has committed them all, and reads only its marks.
 #[derive(Debug, Default)]
 pub struct Journal {
     pub marked: HashSet<u64>,
-    pub answers: HashMap<u64, Outcome>,
+    answers: HashMap<u64, Range<usize>>,
+    bytes: Vec<u8>,
 }
 
 pub fn leave(file: &File, seq: u64) -> Result<()> {
@@ -53,32 +56,50 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        Ok(Journal::parse(&bytes))
+        Ok(Journal::parse(bytes))
     }
 
-    fn parse(mut bytes: &[u8]) -> Journal {
-        let mut journal = Journal::default();
-        while let Some((head, rest)) = bytes.split_first_chunk::<8>() {
-            let word = u64::from_le_bytes(*head);
+    /// Marks kept elsewhere (a schema-2 run's table), with no answers.
+    pub fn of_marks(marked: HashSet<u64>) -> Journal {
+        Journal {
+            marked,
+            ..Journal::default()
+        }
+    }
+
+    /// The answer journalled for row `seq`, if one was, whole.
+    pub fn answer(&self, seq: u64) -> Option<Outcome> {
+        let body = &self.bytes[self.answers.get(&seq)?.clone()];
+        serde_json::from_slice(body).ok()
+    }
+
+    fn parse(bytes: Vec<u8>) -> Journal {
+        let (mut marked, mut answers) = (HashSet::new(), HashMap::new());
+        let mut at = 0;
+        while let Some(head) = bytes.get(at..at + 8) {
+            let word = u64::from_le_bytes(head.try_into().expect("8 bytes"));
             let seq = word & !ANSWER;
-            journal.marked.insert(seq);
-            bytes = rest;
+            marked.insert(seq);
+            at += 8;
             if word & ANSWER == 0 {
                 continue;
             }
-            let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+            let Some(len) = bytes.get(at..at + 4) else {
                 break;
             };
-            let len = u32::from_le_bytes(*len) as usize;
-            let Some((body, rest)) = rest.split_at_checked(len) else {
+            let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+            let body = at + 4..at + 4 + len;
+            if body.end > bytes.len() {
                 break;
-            };
-            if let Ok(outcome) = serde_json::from_slice(body) {
-                journal.answers.insert(seq, outcome);
             }
-            bytes = rest;
+            at = body.end;
+            answers.insert(seq, body);
         }
-        journal
+        Journal {
+            marked,
+            answers,
+            bytes,
+        }
     }
 }
 
@@ -119,18 +140,15 @@ mod tests {
         let whole = std::fs::read(&path).unwrap();
         let journal = Journal::read(&path).unwrap();
         assert_eq!(journal.marked, HashSet::from([1, 2, 3]));
-        assert_eq!(journal.answers[&1], outcome(1));
-        assert_eq!(journal.answers[&3], outcome(3));
-        assert_eq!(journal.answers.len(), 2);
+        assert_eq!(journal.answer(1), Some(outcome(1)));
+        assert_eq!(journal.answer(3), Some(outcome(3)));
+        assert_eq!(journal.answer(2), None);
         // Cut anywhere inside the last answer: row 3 is marked, not answered.
         for cut in before..whole.len() {
-            let torn = Journal::parse(&whole[..cut]);
+            let torn = Journal::parse(whole[..cut].to_vec());
             assert_eq!(torn.marked, HashSet::from([1, 2, 3]), "cut at {cut}");
-            assert_eq!(
-                torn.answers.keys().collect::<Vec<_>>(),
-                vec![&1],
-                "cut at {cut}"
-            );
+            assert_eq!(torn.answer(1), Some(outcome(1)), "cut at {cut}");
+            assert_eq!(torn.answer(3), None, "cut at {cut}");
         }
     }
 
@@ -141,7 +159,7 @@ mod tests {
             .flat_map(|s| s.to_le_bytes())
             .collect();
         bytes.extend_from_slice(&[1, 2, 3]);
-        let journal = Journal::parse(&bytes);
+        let journal = Journal::parse(bytes);
         assert_eq!(journal.marked, HashSet::from([7, 9, 1 << 40]));
         assert!(journal.answers.is_empty());
         let dir = tempfile::tempdir().unwrap();

@@ -442,26 +442,23 @@ pub enum Marks {
     /// The run's journal file, appended to by each sending task: each append reaches the
     /// OS page cache at once, with no thread hop and no flush (see [`journal`]).
     File(Arc<File>),
-    /// PostgreSQL connections of their own (see the PostgreSQL store).
-    Remote {
-        marks: mpsc::Sender<postgres::Mark>,
-        answers: mpsc::Sender<postgres::Answer>,
-    },
+    /// A PostgreSQL connection of their own (see the PostgreSQL store).
+    Remote(mpsc::Sender<postgres::Mark>),
 }
 
 impl Marks {
     pub async fn leave(&self, seq: u64) -> Result<()> {
         match self {
             Marks::File(file) => journal::leave(file, seq),
-            Marks::Remote { marks, .. } => written(marks, seq).await,
+            Marks::Remote(marks) => written(marks, postgres::Note::Leaving(seq)).await,
         }
     }
 }
 
-/// Sends `item` to a PostgreSQL side connection and waits until it is on the server.
-async fn written<T>(to: &mpsc::Sender<postgres::Note<T>>, item: T) -> Result<()> {
+/// Sends `note` to the PostgreSQL marks connection and waits until it is on the server.
+async fn written(to: &mpsc::Sender<postgres::Mark>, note: postgres::Note) -> Result<()> {
     let (reply, written) = oneshot::channel();
-    to.send((item, reply)).await.map_err(|_| gone())?;
+    to.send((note, reply)).await.map_err(|_| gone())?;
     written
         .await
         .map_err(|_| gone())?
@@ -612,7 +609,9 @@ impl crate::dispatch::Journal for LedgerHandle {
     /// kill leaves with a mark and no answer are at most those holding a send slot.
     async fn record(&self, seq: u64, outcome: Outcome) -> Result<()> {
         match &self.marks {
-            Marks::Remote { answers, .. } => written(answers, (seq, Box::new(outcome))).await,
+            Marks::Remote(marks) => {
+                written(marks, postgres::Note::Answered(seq, Box::new(outcome))).await
+            }
             Marks::File(file) => {
                 journal::answer(file, seq, &outcome)?;
                 self.tx

@@ -13,7 +13,7 @@
 //! `LEDGER.rN.marks`, and read back only when the run is settled (see the module above).
 //! One run at a time holds the ledger's lock file, `LEDGER.lock`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -287,7 +287,7 @@ impl Store for SqliteStore {
         let marks = self.marks_path.clone().context("no run was begun")?;
         let journal = Journal::read(&marks)?;
         let rule = Unfinished::own(end);
-        let counts = self.settle_run(run, now, &journal.answers, &|seq| {
+        let counts = self.settle_run(run, now, &|seq| journal.answer(seq), &|seq| {
             rule.row(Some(journal.marked.contains(&seq)))
         })?;
         let _ = std::fs::remove_file(&marks);
@@ -371,21 +371,15 @@ impl SqliteStore {
             // schema-2 run (each of its marks was flushed before its request left);
             // otherwise nobody can tell.
             let journal = if marks_durable {
-                Some(Journal {
-                    marked: marked_in_table(&self.conn, run)?,
-                    ..Journal::default()
-                })
+                Some(Journal::of_marks(marked_in_table(&self.conn, run)?))
             } else if boot.is_some() && boot == this_boot && file.exists() {
                 Some(Journal::read(&file)?)
             } else {
                 None
             };
             let rule = Unfinished::dead(run);
-            let answers = journal
-                .as_ref()
-                .map(|j| j.answers.clone())
-                .unwrap_or_default();
-            let counts = self.settle_run(run, now, &answers, &|seq| {
+            let answer = |seq| journal.as_ref().and_then(|j| j.answer(seq));
+            let counts = self.settle_run(run, now, &answer, &|seq| {
                 rule.row(journal.as_ref().map(|j| j.marked.contains(&seq)))
             })?;
             tracing::info!(
@@ -404,7 +398,7 @@ impl SqliteStore {
         &mut self,
         run: RunId,
         now: DateTime<Utc>,
-        answers: &HashMap<u64, Outcome>,
+        answer: &dyn Fn(u64) -> Option<Outcome>,
         unfinished: &dyn Fn(u64) -> (Status, &'r str, u32),
     ) -> Result<Counts> {
         let tx = writing(&mut self.conn)?;
@@ -417,8 +411,8 @@ impl SqliteStore {
             .query_map(params![first, last], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         for seq in open {
-            if let Some(answer) = answers.get(&seq) {
-                write_outcome(&tx, row_id(run, seq), answer)?;
+            if let Some(answer) = answer(seq) {
+                write_outcome(&tx, row_id(run, seq), &answer)?;
                 continue;
             }
             let (status, message, attempts) = unfinished(seq);

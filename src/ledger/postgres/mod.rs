@@ -15,7 +15,7 @@
 //!   it (at the start of its own run).
 //! - **Leaving marks** are rows committed with `synchronous_commit = off` by a connection
 //!   of their own: on the server before the request leaves, not flushed to its disk. Each
-//!   answer is committed the same way on another connection before its send slot is
+//!   answer is committed the same way, in the same statements, before its send slot is
 //!   released, so a run that dies leaves at most its slots' rows marked and unanswered. The
 //!   server's start time plays the boot id's part: a dead run's marks are trusted only if
 //!   the server has not restarted since the run began, and its row in the unlogged
@@ -54,7 +54,7 @@ use super::{
 use crate::domain::{Counts, RunId};
 
 pub use connect::PgLocation;
-pub use marks::{Answer, Mark, Note};
+pub use marks::{Mark, Note};
 
 /// The advisory-lock namespace of run locks (the first key of the two-key form).
 const RUN_LOCKS: i32 = 0x1d15;
@@ -105,10 +105,11 @@ impl Store for PgStore {
     fn marks(&self) -> Result<Marks> {
         let (run, _) = self.current()?;
         let name = self.location.to_string();
-        Ok(Marks::Remote {
-            marks: marks::marks(self.location.connect()?, run, name.clone())?,
-            answers: marks::answers(self.location.connect()?, run, name)?,
-        })
+        Ok(Marks::Remote(marks::spawn(
+            self.location.connect()?,
+            run,
+            name,
+        )?))
     }
 
     fn commit(&mut self, batch: &mut Batch, policy: &Policy, now: DateTime<Utc>) -> Result<()> {

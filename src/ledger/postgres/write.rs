@@ -227,7 +227,7 @@ pub fn prune(client: &mut Client, now: DateTime<Utc>, retention: Duration) -> Re
 }
 
 /// One synchronous commit of admissions: their rows are queued to be sent once it
-/// returns. Outcomes never come here: each goes on the answers connection (see `marks`).
+/// returns. Outcomes never come here: each goes with the marks (see `marks`).
 pub fn commit(
     client: &mut Client,
     run: RunId,
@@ -238,7 +238,7 @@ pub fn commit(
 ) -> Result<()> {
     anyhow::ensure!(
         batch.outcomes.is_empty(),
-        "outcomes are written on the answers connection"
+        "outcomes are written with the marks"
     );
     let mut tx = client.transaction()?;
     for (entries, admitted, stopped) in &mut batch.admits {
