@@ -569,7 +569,8 @@ fn intents_and_journal(w: &World) -> (Vec<u64>, Journal) {
         .collect();
     let mut path = w.ledger().into_os_string();
     path.push(".r1.marks");
-    (open, Journal::read(path.as_ref()).unwrap())
+    let journal = Journal::read(path.as_ref(), &open.iter().copied().collect()).unwrap();
+    (open, journal)
 }
 
 /// Sends the rows with answers taking 200 ms, on boot `boot`, and kills the run with

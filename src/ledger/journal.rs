@@ -12,8 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::Write;
-use std::ops::Range;
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -22,13 +21,13 @@ use crate::domain::Outcome;
 
 const ANSWER: u64 = 1 << 63;
 
-/// What a journal file says. Answers are decoded only when asked for: a run that ends
-/// normally has committed them all, and reads only its marks.
+/// What a journal file says of the rows asked about. Settling asks only about rows with
+/// no outcome in the ledger: for a run that ended normally those are few, whatever the
+/// journal's size (a million-row run's is hundreds of megabytes), and it is streamed.
 #[derive(Debug, Default)]
 pub struct Journal {
     pub marked: HashSet<u64>,
-    answers: HashMap<u64, Range<usize>>,
-    bytes: Vec<u8>,
+    answers: HashMap<u64, Outcome>,
 }
 
 pub fn leave(file: &File, seq: u64) -> Result<()> {
@@ -49,14 +48,15 @@ pub fn answer(file: &File, seq: u64, outcome: &Outcome) -> Result<()> {
 }
 
 impl Journal {
-    /// Reads `path`; no file is an empty journal.
-    pub fn read(path: &Path) -> Result<Journal> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+    /// Reads what `path` says of the rows in `open`; no file is an empty journal.
+    pub fn read(path: &Path, open: &HashSet<u64>) -> Result<Journal> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Journal::default()),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        Ok(Journal::parse(bytes))
+        Journal::parse(BufReader::new(file), open)
+            .with_context(|| format!("cannot read {}", path.display()))
     }
 
     /// Marks kept elsewhere (a schema-2 run's table), with no answers.
@@ -68,38 +68,50 @@ impl Journal {
     }
 
     /// The answer journalled for row `seq`, if one was, whole.
-    pub fn answer(&self, seq: u64) -> Option<Outcome> {
-        let body = &self.bytes[self.answers.get(&seq)?.clone()];
-        serde_json::from_slice(body).ok()
+    pub fn answer(&self, seq: u64) -> Option<&Outcome> {
+        self.answers.get(&seq)
     }
 
-    fn parse(bytes: Vec<u8>) -> Journal {
-        let (mut marked, mut answers) = (HashSet::new(), HashMap::new());
-        let mut at = 0;
-        while let Some(head) = bytes.get(at..at + 8) {
-            let word = u64::from_le_bytes(head.try_into().expect("8 bytes"));
+    fn parse(mut from: impl Read, open: &HashSet<u64>) -> std::io::Result<Journal> {
+        let mut journal = Journal::default();
+        let mut word = [0; 8];
+        while read_whole(&mut from, &mut word)? {
+            let word = u64::from_le_bytes(word);
             let seq = word & !ANSWER;
-            marked.insert(seq);
-            at += 8;
+            let wanted = open.contains(&seq);
+            if wanted {
+                journal.marked.insert(seq);
+            }
             if word & ANSWER == 0 {
                 continue;
             }
-            let Some(len) = bytes.get(at..at + 4) else {
-                break;
-            };
-            let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-            let body = at + 4..at + 4 + len;
-            if body.end > bytes.len() {
+            let mut len = [0; 4];
+            if !read_whole(&mut from, &mut len)? {
                 break;
             }
-            at = body.end;
-            answers.insert(seq, body);
+            let len = u32::from_le_bytes(len) as u64;
+            if !wanted {
+                std::io::copy(&mut (&mut from).take(len), &mut std::io::sink())?;
+                continue;
+            }
+            let mut body = Vec::with_capacity(len as usize);
+            if (&mut from).take(len).read_to_end(&mut body)? < len as usize {
+                break;
+            }
+            if let Ok(outcome) = serde_json::from_slice(&body) {
+                journal.answers.insert(seq, outcome);
+            }
         }
-        Journal {
-            marked,
-            answers,
-            bytes,
-        }
+        Ok(journal)
+    }
+}
+
+/// Fills `buf`; false at the end of the file, or in a torn last record.
+fn read_whole(from: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    match from.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -138,16 +150,22 @@ mod tests {
         let before = std::fs::metadata(&path).unwrap().len() as usize;
         answer(&file, 3, &outcome(3)).unwrap();
         let whole = std::fs::read(&path).unwrap();
-        let journal = Journal::read(&path).unwrap();
-        assert_eq!(journal.marked, HashSet::from([1, 2, 3]));
-        assert_eq!(journal.answer(1), Some(outcome(1)));
-        assert_eq!(journal.answer(3), Some(outcome(3)));
+        let all = HashSet::from([1, 2, 3]);
+        let journal = Journal::read(&path, &all).unwrap();
+        assert_eq!(journal.marked, all);
+        assert_eq!(journal.answer(1), Some(&outcome(1)));
+        assert_eq!(journal.answer(3), Some(&outcome(3)));
         assert_eq!(journal.answer(2), None);
+        // Only the rows asked about are kept.
+        let some = Journal::read(&path, &HashSet::from([2, 3])).unwrap();
+        assert_eq!(some.marked, HashSet::from([2, 3]));
+        assert_eq!(some.answer(1), None);
+        assert_eq!(some.answer(3), Some(&outcome(3)));
         // Cut anywhere inside the last answer: row 3 is marked, not answered.
         for cut in before..whole.len() {
-            let torn = Journal::parse(whole[..cut].to_vec());
-            assert_eq!(torn.marked, HashSet::from([1, 2, 3]), "cut at {cut}");
-            assert_eq!(torn.answer(1), Some(outcome(1)), "cut at {cut}");
+            let torn = Journal::parse(&whole[..cut], &all).unwrap();
+            assert_eq!(torn.marked, all, "cut at {cut}");
+            assert_eq!(torn.answer(1), Some(&outcome(1)), "cut at {cut}");
             assert_eq!(torn.answer(3), None, "cut at {cut}");
         }
     }
@@ -159,11 +177,12 @@ mod tests {
             .flat_map(|s| s.to_le_bytes())
             .collect();
         bytes.extend_from_slice(&[1, 2, 3]);
-        let journal = Journal::parse(bytes);
-        assert_eq!(journal.marked, HashSet::from([7, 9, 1 << 40]));
+        let all = HashSet::from([7, 9, 1 << 40]);
+        let journal = Journal::parse(&bytes[..], &all).unwrap();
+        assert_eq!(journal.marked, all);
         assert!(journal.answers.is_empty());
         let dir = tempfile::tempdir().unwrap();
-        let none = Journal::read(&dir.path().join("none")).unwrap();
+        let none = Journal::read(&dir.path().join("none"), &all).unwrap();
         assert!(none.marked.is_empty() && none.answers.is_empty());
     }
 }

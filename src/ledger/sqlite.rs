@@ -285,11 +285,8 @@ impl Store for SqliteStore {
                 .execute_batch("PRAGMA wal_autocheckpoint = 1000;")?;
         }
         let marks = self.marks_path.clone().context("no run was begun")?;
-        let journal = Journal::read(&marks)?;
-        let rule = Unfinished::own(end);
-        let counts = self.settle_run(run, now, &|seq| journal.answer(seq), &|seq| {
-            rule.row(Some(journal.marked.contains(&seq)))
-        })?;
+        let evidence = Evidence::Journal(&marks);
+        let counts = self.settle_run(run, now, evidence, &Unfinished::own(end))?;
         let _ = std::fs::remove_file(&marks);
         Ok(counts)
     }
@@ -370,18 +367,14 @@ impl SqliteStore {
             // restarted since (its writes were never flushed); the marks table of a
             // schema-2 run (each of its marks was flushed before its request left);
             // otherwise nobody can tell.
-            let journal = if marks_durable {
-                Some(Journal::of_marks(marked_in_table(&self.conn, run)?))
+            let evidence = if marks_durable {
+                Evidence::Table
             } else if boot.is_some() && boot == this_boot && file.exists() {
-                Some(Journal::read(&file)?)
+                Evidence::Journal(&file)
             } else {
-                None
+                Evidence::Nothing
             };
-            let rule = Unfinished::dead(run);
-            let answer = |seq| journal.as_ref().and_then(|j| j.answer(seq));
-            let counts = self.settle_run(run, now, &answer, &|seq| {
-                rule.row(journal.as_ref().map(|j| j.marked.contains(&seq)))
-            })?;
+            let counts = self.settle_run(run, now, evidence, &Unfinished::dead(run))?;
             tracing::info!(
                 "settled run {run}, which died before it finished: {}",
                 counts.describe()
@@ -392,30 +385,36 @@ impl SqliteStore {
     }
 
     /// Gives every unfinished row of `run` its journalled answer, or else the status
-    /// `unfinished` says, folds the run into `sends` and `by_invoice`, and records its
-    /// counts, in one durable commit.
-    fn settle_run<'r>(
+    /// `rule` gives it by its leaving mark, folds the run into `sends` and `by_invoice`,
+    /// and records its counts, in one durable commit.
+    fn settle_run(
         &mut self,
         run: RunId,
         now: DateTime<Utc>,
-        answer: &dyn Fn(u64) -> Option<Outcome>,
-        unfinished: &dyn Fn(u64) -> (Status, &'r str, u32),
+        evidence: Evidence,
+        rule: &Unfinished,
     ) -> Result<Counts> {
         let tx = writing(&mut self.conn)?;
         let (first, last) = run_rows(run);
-        let open: Vec<u64> = tx
+        let open: HashSet<u64> = tx
             .prepare(
                 "SELECT r.seq FROM results r LEFT JOIN outcomes o ON o.id = r.id
                  WHERE r.id BETWEEN ?1 AND ?2 AND r.status = 'pending' AND o.id IS NULL",
             )?
             .query_map(params![first, last], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        for seq in open {
-            if let Some(answer) = answer(seq) {
-                write_outcome(&tx, row_id(run, seq), &answer)?;
+        let journal = match evidence {
+            Evidence::Journal(path) => Some(Journal::read(path, &open)?),
+            Evidence::Table => Some(Journal::of_marks(marked_in_table(&tx, run)?)),
+            Evidence::Nothing => None,
+        };
+        for &seq in &open {
+            if let Some(answer) = journal.as_ref().and_then(|j| j.answer(seq)) {
+                write_outcome(&tx, row_id(run, seq), answer)?;
                 continue;
             }
-            let (status, message, attempts) = unfinished(seq);
+            let (status, message, attempts) =
+                rule.row(journal.as_ref().map(|j| j.marked.contains(&seq)));
             let outcome = Outcome {
                 attempts,
                 ..Outcome::plain(status, message, now)
@@ -432,6 +431,16 @@ impl SqliteStore {
         self.flush()?;
         Ok(counts)
     }
+}
+
+/// What tells which of a run's unfinished rows left, and what came back.
+enum Evidence<'a> {
+    /// The run's journal file.
+    Journal(&'a Path),
+    /// The marks table of a run of schema 2 (no answers).
+    Table,
+    /// Nothing to trust: the machine restarted since the run.
+    Nothing,
 }
 
 /// Checkpoints the log on a thread and connection of its own while a run writes. On the
