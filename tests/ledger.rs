@@ -589,9 +589,10 @@ async fn killed_run(w: &World, input: &std::path::Path, boot: &str, after: u64) 
     child.wait().await.unwrap();
 }
 
-/// The power-cut stand-in: after a kill, a rerun on another boot id cannot trust the marks
-/// file (a power cut may have lost it), so every row with an intent and no outcome is
-/// unknown and none is sent; on the same boot id, the rows that never left are sent, once.
+/// The power-cut stand-in: after a kill, a rerun on another boot id cannot trust the
+/// journal (a power cut may have lost it), so every row with an intent and no outcome is
+/// unknown and none is sent; on the same boot id, the rows that never left are sent, once,
+/// and those answered before the kill keep their answer.
 #[tokio::test]
 async fn after_a_kill_another_boot_id_makes_every_open_intent_unknown_and_the_same_sends_what_never_left(
 ) {

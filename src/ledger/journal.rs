@@ -5,10 +5,11 @@
 //! rows a kill leaves with a mark and no answer are at most those that held a slot.
 //!
 //! Records are written with one `write(2)` each on an `O_APPEND` file, so they are never
-//! interleaved. A mark is the row number, 8 bytes little-endian (the whole format of a
-//! marks file written by the previous release, which therefore reads the same); an answer is the row number with
-//! its top bit set, a 4-byte length and the outcome as JSON. A torn last record (a kill
-//! in the middle of a write) is ignored: its row then reads as marked, not answered.
+//! interleaved. A mark is the row number, 8 bytes little-endian (the whole format of the
+//! marks file the previous release wrote, which therefore reads the same); an answer is
+//! the row number with its top bit set, a 4-byte length and the outcome as JSON. A torn
+//! last record (a kill in the middle of a write) is ignored: its row then reads as
+//! marked, not answered.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;

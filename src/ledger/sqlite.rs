@@ -48,7 +48,7 @@ pub struct SqliteStore {
     durable: bool,
     /// The write-ahead log, flushed after every commit that holds intents.
     wal: Option<File>,
-    marks_path: Option<PathBuf>,
+    journal_path: Option<PathBuf>,
     /// Copies the log into the database while a run writes (see [`Checkpointer`]).
     checkpointer: Option<Checkpointer>,
     /// Held for the whole run: the OS drops the lock if the process dies, however it dies.
@@ -126,7 +126,7 @@ impl SqliteStore {
             run: None,
             durable,
             wal: None,
-            marks_path: None,
+            journal_path: None,
             checkpointer: None,
             _lock: lock,
             _temp: temp,
@@ -187,7 +187,9 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn marks_file(&self, run: RunId) -> PathBuf {
+    /// The run's journal (see [`Journal`]). Named `.marks` since the release before
+    /// answers were journalled, which a run it left behind must still be settled from.
+    fn journal_file(&self, run: RunId) -> PathBuf {
         let mut name = self.path.as_os_str().to_owned();
         name.push(format!(".{run}.marks"));
         PathBuf::from(name)
@@ -220,10 +222,10 @@ impl Store for SqliteStore {
             )
             .with_context(unwritable)?;
         let id = RunId(self.conn.last_insert_rowid());
-        let marks = self.marks_file(id);
-        File::create(&marks)
-            .with_context(|| format!("cannot create the journal file {}", marks.display()))?;
-        self.marks_path = Some(marks);
+        let journal = self.journal_file(id);
+        File::create(&journal)
+            .with_context(|| format!("cannot create the journal file {}", journal.display()))?;
+        self.journal_path = Some(journal);
         if self.durable {
             // The file SQLite appends every commit to; it exists once anything was written.
             let wal = format!("{}-wal", self.path.display());
@@ -239,7 +241,7 @@ impl Store for SqliteStore {
     }
 
     fn marks(&self) -> Result<Marks> {
-        let path = self.marks_path.as_ref().context("no run was begun")?;
+        let path = self.journal_path.as_ref().context("no run was begun")?;
         let file = File::options()
             .append(true)
             .open(path)
@@ -284,10 +286,10 @@ impl Store for SqliteStore {
             self.conn
                 .execute_batch("PRAGMA wal_autocheckpoint = 1000;")?;
         }
-        let marks = self.marks_path.clone().context("no run was begun")?;
-        let evidence = Evidence::Journal(&marks);
+        let journal = self.journal_path.clone().context("no run was begun")?;
+        let evidence = Evidence::Journal(&journal);
         let counts = self.settle_run(run, now, evidence, &Unfinished::own(end))?;
-        let _ = std::fs::remove_file(&marks);
+        let _ = std::fs::remove_file(&journal);
         Ok(counts)
     }
 
@@ -362,7 +364,7 @@ impl SqliteStore {
         let this_boot = boot_id();
         for (id, boot, marks_durable) in dead {
             let run = RunId(id);
-            let file = self.marks_file(run);
+            let file = self.journal_file(run);
             // Which rows left, and what came back: the journal, if the machine has not
             // restarted since (its writes were never flushed); the marks table of a
             // schema-2 run (each of its marks was flushed before its request left);
