@@ -301,14 +301,20 @@ impl Hold {
         client.batch_execute("ROLLBACK").await.unwrap();
         let others = "SELECT count(*) FROM pg_stat_activity
              WHERE datname = current_database() AND pid <> pg_backend_pid()";
-        for _ in 0..200 {
-            let n: i64 = client.query_one(others, &[]).await.unwrap().get(0);
-            if n == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the killed run's sessions did not end");
+        let client = &client;
+        wait_for_async(
+            "the killed run's sessions to end",
+            Duration::from_secs(10),
+            || async move {
+                client
+                    .query_one(others, &[])
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0)
+                    == 0
+            },
+        )
+        .await;
     }
 }
 

@@ -189,19 +189,13 @@ async fn crash_a_backend(w: &World) {
         .unwrap()
         .get(0);
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(client) = Pg::try_client(&pg.url, &pg.password).await {
-            if client.simple_query("SELECT 1").await.is_ok() {
-                return;
-            }
+    wait_for_async("the server to recover", Duration::from_secs(60), || async {
+        match Pg::try_client(&pg.url, &pg.password).await {
+            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server recovers"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// A run killed with answers taking 200 ms; then `then` happens to the server.

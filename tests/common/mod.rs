@@ -340,8 +340,17 @@ pub fn no_invoice_twice(w: &World) {
 
 /// Polls `cond` every 10 ms until it holds or `limit` passes; panics with `what` on timeout.
 pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    wait_for_async(what, limit, || std::future::ready(cond())).await
+}
+
+/// [`wait_for`], for a condition that has to wait itself (a query, a connection).
+pub async fn wait_for_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut() -> F,
+) {
     let deadline = tokio::time::Instant::now() + limit;
-    while !cond() {
+    while !cond().await {
         if tokio::time::Instant::now() > deadline {
             panic!("timed out after {limit:?} waiting for {what}");
         }
