@@ -84,26 +84,47 @@ pub fn settle_dead_runs(client: &mut Client, now: DateTime<Utc>) -> Result<()> {
         if !free {
             continue; // alive, elsewhere
         }
-        // Its marks were committed without waiting for the server's disk: they are there
-        // unless the server restarted since the run began, or recovered from a crash
-        // (which empties `open_runs`).
-        let sentinel: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM open_runs WHERE run_id = $1)",
-                &[&run.0],
-            )?
-            .get(0);
-        let trusted = started == server && sentinel;
-        let counts = settle_run(client, run, &Unfinished::dead(run), trusted, now)?;
-        tracing::info!(
-            "settled run {run}, which died before it finished: {}",
-            counts.describe()
-        );
+        let settled = settle_dead_run(client, run, started == server, now);
         client.execute(
             "SELECT pg_advisory_unlock($1, $2)",
             &[&RUN_LOCKS, &lock_key(run)],
         )?;
+        settled?;
     }
+    Ok(())
+}
+
+/// Settles `run`, whose lock this session holds, unless another session settled it between
+/// the listing and the lock. `same_server`: the server has not restarted since it began.
+fn settle_dead_run(
+    client: &mut Client,
+    run: RunId,
+    same_server: bool,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let row = client.query_one(
+        "SELECT NOT folded, EXISTS (SELECT 1 FROM open_runs WHERE run_id = $1)
+         FROM runs WHERE id = $1",
+        &[&run.0],
+    )?;
+    let (open, sentinel): (bool, bool) = (row.get(0), row.get(1));
+    if !open {
+        return Ok(());
+    }
+    // Its marks were committed without waiting for the server's disk: they are there
+    // unless the server restarted since the run began, or recovered from a crash (which
+    // empties `open_runs`).
+    let counts = settle_run(
+        client,
+        run,
+        &Unfinished::dead(run),
+        same_server && sentinel,
+        now,
+    )?;
+    tracing::info!(
+        "settled run {run}, which died before it finished: {}",
+        counts.describe()
+    );
     Ok(())
 }
 
@@ -159,6 +180,8 @@ pub fn settle_run(
 /// Brings `sends` up to date with the requests `run` made and releases its claims (the
 /// rules are the SQLite store's `fold`).
 fn fold(tx: &mut Transaction, run: RunId) -> Result<()> {
+    // Rows are locked in the order admission locks them (`lock_priors`: bytes, not the
+    // database's collation), so a settle and an admission cannot cross.
     tx.execute(
         "INSERT INTO sends AS s (target, dept, invoice, status, run_id, at_ms, sent_run, sent_ms)
          SELECT u.target, r.dept, r.invoice, o.status, $1::bigint, o.at_ms,
@@ -168,7 +191,7 @@ fn fold(tx: &mut Transaction, run: RunId) -> Result<()> {
          JOIN LATERAL (SELECT * FROM outcomes WHERE run_id = r.run_id AND seq = r.seq OFFSET 0) o ON true
          JOIN runs u ON u.id = r.run_id
          WHERE r.run_id = $1 AND r.dept IS NOT NULL AND (o.attempts > 0 OR o.status = 'unknown')
-         ORDER BY r.dept, r.invoice
+         ORDER BY r.dept COLLATE \"C\", r.invoice COLLATE \"C\"
          ON CONFLICT (target, dept, invoice) DO UPDATE SET
              status = excluded.status, run_id = excluded.run_id, at_ms = excluded.at_ms,
              sent_run = coalesce(excluded.sent_run, s.sent_run),
