@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read, Seek, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -49,13 +49,13 @@ pub fn answer(file: &File, seq: u64, outcome: &Outcome) -> Result<()> {
 }
 
 impl Journal {
-    /// Reads what `path` says of the rows in `open`; no file is an empty journal.
+    /// Reads what `path` says of the rows in `open`. A missing file is an error, not an
+    /// empty journal: that would read as "nothing left" and send those rows again.
     pub fn read(path: &Path, open: &HashSet<u64>) -> Result<Journal> {
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Journal::default()),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
+        if open.is_empty() {
+            return Ok(Journal::default());
+        }
+        let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
         Journal::parse(BufReader::new(file), open)
             .with_context(|| format!("cannot read {}", path.display()))
     }
@@ -73,7 +73,7 @@ impl Journal {
         self.answers.get(&seq)
     }
 
-    fn parse(mut from: impl Read, open: &HashSet<u64>) -> std::io::Result<Journal> {
+    fn parse(mut from: impl Read + Seek, open: &HashSet<u64>) -> std::io::Result<Journal> {
         let mut journal = Journal::default();
         let mut word = [0; 8];
         while read_whole(&mut from, &mut word)? {
@@ -92,7 +92,8 @@ impl Journal {
             }
             let len = u32::from_le_bytes(len) as u64;
             if !wanted {
-                std::io::copy(&mut (&mut from).take(len), &mut std::io::sink())?;
+                // Past the end, if the record is torn: the next read finds nothing.
+                from.seek_relative(len as i64)?;
                 continue;
             }
             let mut body = Vec::with_capacity(len as usize);
@@ -120,6 +121,7 @@ fn read_whole(from: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
 mod tests {
     use super::*;
     use crate::domain::{AttemptNote, Status};
+    use std::io::Cursor;
 
     fn outcome(n: u32) -> Outcome {
         let at = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
@@ -164,7 +166,7 @@ mod tests {
         assert_eq!(some.answer(3), Some(&outcome(3)));
         // Cut anywhere inside the last answer: row 3 is marked, not answered.
         for cut in before..whole.len() {
-            let torn = Journal::parse(&whole[..cut], &all).unwrap();
+            let torn = Journal::parse(Cursor::new(&whole[..cut]), &all).unwrap();
             assert_eq!(torn.marked, all, "cut at {cut}");
             assert_eq!(torn.answer(1), Some(&outcome(1)), "cut at {cut}");
             assert_eq!(torn.answer(3), None, "cut at {cut}");
@@ -172,18 +174,19 @@ mod tests {
     }
 
     #[test]
-    fn a_previous_release_marks_file_reads_as_marks_and_no_file_as_nothing() {
+    fn a_previous_release_marks_file_reads_as_marks_and_a_missing_file_is_an_error() {
         let mut bytes: Vec<u8> = [7u64, 9, 1 << 40]
             .iter()
             .flat_map(|s| s.to_le_bytes())
             .collect();
         bytes.extend_from_slice(&[1, 2, 3]);
         let all = HashSet::from([7, 9, 1 << 40]);
-        let journal = Journal::parse(&bytes[..], &all).unwrap();
+        let journal = Journal::parse(Cursor::new(&bytes), &all).unwrap();
         assert_eq!(journal.marked, all);
         assert!(journal.answers.is_empty());
         let dir = tempfile::tempdir().unwrap();
-        let none = Journal::read(&dir.path().join("none"), &all).unwrap();
+        assert!(Journal::read(&dir.path().join("none"), &all).is_err());
+        let none = Journal::read(&dir.path().join("none"), &HashSet::new()).unwrap();
         assert!(none.marked.is_empty() && none.answers.is_empty());
     }
 }
