@@ -29,8 +29,9 @@
 //! `INVOICE_DISPATCH_TEST_BOOT_ID` for tests), or for PostgreSQL the server's start time.
 //! A later run that finds a dead run's rows with an intent and no outcome settles them:
 //! same boot id, so the journal is intact: a row with an answer there gets it, one with
-//! only a leaving mark is `unknown`, a row without either never left and is sent normally; another boot id, or none: every such row
-//! is `unknown`, since its mark may have been lost.
+//! only a leaving mark is `unknown`, a row without either never left and is sent
+//! normally; another boot id, or none: every such row is `unknown`, since its mark may
+//! have been lost.
 //!
 //! | what dies | what it leaves | what the next run does |
 //! |---|---|---|
@@ -397,10 +398,11 @@ pub struct Resolved {
 pub trait Store: Send {
     /// Settles runs that died, prunes history past `policy.retention`, records this run.
     fn begin(&mut self, run: &RunInfo, policy: &Policy, now: DateTime<Utc>) -> Result<RunId>;
-    /// Where this run's leaving marks go.
+    /// Where this run's leaving marks and answers go.
     fn marks(&self) -> Result<Marks>;
     /// Decides and records a batch of admissions and records outcomes, in one commit; the
-    /// commit is durable before it returns when any row was admitted to be sent.
+    /// commit is durable before it returns when any row was admitted to be sent. Only the
+    /// SQLite store is given outcomes: PostgreSQL's go with the marks.
     fn commit(&mut self, batch: &mut Batch, policy: &Policy, now: DateTime<Utc>) -> Result<()>;
     /// Settles the rows this run left unfinished and folds the run into the memory of what
     /// was sent; durable when it returns. The run's counts.
@@ -467,8 +469,8 @@ async fn written(to: &mpsc::Sender<postgres::Mark>, note: postgres::Note) -> Res
 
 /// Commands folded into one commit at most.
 const GROUP_MAX: usize = 512;
-/// How long a commit of outcomes alone waits for more to join it. Outcomes are on no
-/// request's path, and a commit has a fixed cost (log frames, locks) that small groups
+/// How long a commit of outcomes alone (SQLite's: already in the journal) waits for more
+/// to join it. Outcomes are on no request's path, and a commit has a fixed cost (log frames, locks) that small groups
 /// pay again and again; an admission, which the reader waits for, never waits.
 const OUTCOME_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 

@@ -630,8 +630,6 @@ fn prior(tx: &Transaction, target: &str, dept: &str, invoice: &str) -> Result<Op
     Ok(found)
 }
 
-/// Writes a row's outcome. Its time is kept once, as `at_ms` (`completed_at` is left empty
-/// and derived when read: formatting it for every row cost more than the rest of the row).
 /// A transaction that takes the write lock at once. A deferred one that reads first and
 /// then writes gets SQLITE_BUSY straight away, without waiting out the busy timeout, if
 /// another connection (`resolve`, a backup, someone's sqlite3 shell) is writing: the run
@@ -640,6 +638,8 @@ fn writing(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
+/// Writes a row's outcome. Its time is kept once, as `at_ms` (`completed_at` is left empty
+/// and derived when read: formatting it for every row cost more than the rest of the row).
 fn write_outcome(tx: &Transaction, id: i64, o: &Outcome) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO outcomes (status, skip, http_status, attempts, payment_link, invoice_link,

@@ -19,7 +19,7 @@ pub enum Note {
     Answered(u64, Box<Outcome>),
 }
 
-/// A note and where to say that it is written.
+/// A note (a mark or an answer) and where to say that it is written.
 pub type Mark = (Note, oneshot::Sender<Result<(), String>>);
 
 /// Notes queued at most before the senders wait: twice any sane concurrency.
