@@ -63,15 +63,14 @@ pub(super) fn classify(attempt: &Attempt, flags: &Flags) -> Verdict {
     };
     let status = answer.status;
     let http = format!("HTTP {status}");
-    // An answer that shows the request was acted on (a 2xx with a link or a channel
-    // SUCCESS) is judged on its own; the breakers are for requests that were refused.
-    if (200..300).contains(&status) && acted_on(answer, flags) {
-        return judge_success(answer, flags);
-    }
-    // Any other status with a link or a channel's SUCCESS contradicts itself; what it
-    // shows is that the customer may have been notified, so it is never sent again, nor
-    // retried, without a person.
+    // An answer that shows the request was acted on (a link, or a channel's SUCCESS) is
+    // judged on its own when it is a 2xx; the breakers are for requests that were refused.
+    // Any other status with it contradicts itself; what it shows is that the customer may
+    // have been notified, so it is never sent again, nor retried, without a person.
     if acted_on(answer, flags) {
+        if (200..300).contains(&status) {
+            return judge_success(answer, flags);
+        }
         return Verdict::Done(
             Status::Unknown,
             with_problem(
