@@ -113,8 +113,8 @@ pub fn write_file(path: &Path, m: &RunMetrics) -> Result<()> {
             .ok()
             .and_then(|old| previous_success(&old))
     };
-    // The collector runs as another user: the file must be readable by it.
     let text = m.text(last_success);
+    // The collector runs as another user: the file must be readable by it.
     replace_atomically(path, "the metrics file", 0o644, |file| {
         Ok(file.write_all(text.as_bytes())?)
     })
