@@ -162,6 +162,11 @@ pub fn decide(prior: Option<&Prior>, policy: &Policy, now: DateTime<Utc>) -> Dec
     let within_window = |at: DateTime<Utc>| {
         !policy.resend && (now - at).to_std().unwrap_or_default() < policy.dedupe_window
     };
+    let sent_earlier = || {
+        p.sent
+            .filter(|(_, at)| within_window(*at))
+            .map(|(run, at)| Decision::Skip(Skip::SentEarlier { run, at }))
+    };
     match (p.status, &p.resolution) {
         (LastStatus::Unknown, Some(r)) if r.delivered => {
             // A person found it delivered: it counts as sent when it was sent.
@@ -177,26 +182,20 @@ pub fn decide(prior: Option<&Prior>, policy: &Policy, now: DateTime<Utc>) -> Dec
         }
         // Not delivered: that request did not reach the customer, but an earlier one may
         // have (a --resend of a sent row): the dedupe window still counts from that one.
-        (LastStatus::Unknown, Some(r)) => match p.sent {
-            Some((run, at)) if within_window(at) => Decision::Skip(Skip::SentEarlier { run, at }),
-            _ => Decision::Send {
-                note: Some(format!(
-                    "resolved not delivered by {} on {}, so sent again",
-                    r.by,
-                    rfc3339(r.on)
-                )),
-            },
-        },
+        (LastStatus::Unknown, Some(r)) => sent_earlier().unwrap_or_else(|| Decision::Send {
+            note: Some(format!(
+                "resolved not delivered by {} on {}, so sent again",
+                r.by,
+                rfc3339(r.on)
+            )),
+        }),
         (LastStatus::Unknown, None) if !policy.retry_unknown => {
             Decision::Skip(Skip::MaybeDelivered {
                 run: p.run,
                 at: p.at,
             })
         }
-        _ => match p.sent {
-            Some((run, at)) if within_window(at) => Decision::Skip(Skip::SentEarlier { run, at }),
-            _ => send,
-        },
+        _ => sent_earlier().unwrap_or(send),
     }
 }
 
