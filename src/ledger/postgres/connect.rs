@@ -15,6 +15,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+use super::settings;
+
 /// How the connection is encrypted (libpq's `sslmode`, minus `allow`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tls {
@@ -133,14 +135,7 @@ impl PgLocation {
             .application_name("invoice-dispatch")
             .connect_timeout(self.connect_timeout)
             .keepalives_idle(Duration::from_secs(30))
-            // Intents must be on the server's disk before their rows are sent, whatever
-            // the database or role sets; marks and outcomes turn it off for themselves.
-            // The server's own keepalives end a dead machine's session (and free its
-            // run's lock) in about a minute, not the OS's two hours.
-            .options(
-                "-c synchronous_commit=on -c tcp_keepalives_idle=30 \
-                 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
-            );
+            .options(&settings::startup_options());
         if let Some(password) = self.password()? {
             config.password(password);
         }
@@ -155,8 +150,11 @@ impl PgLocation {
                 self.rustls()?,
             )),
         };
-        connected
-            .map_err(|e| anyhow::anyhow!("cannot connect to the ledger {self}: {}", pg_error(&e)))
+        let mut client = connected.map_err(|e| {
+            anyhow::anyhow!("cannot connect to the ledger {self}: {}", pg_error(&e))
+        })?;
+        settings::pin_the_rest(&mut client).map_err(|e| anyhow::anyhow!("ledger {self}: {e}"))?;
+        Ok(client)
     }
 
     /// `PGPASSWORD`, else the first matching line of `PGPASSFILE` or `~/.pgpass`.
@@ -260,7 +258,8 @@ fn percent_decode(s: &str) -> Result<String> {
     String::from_utf8(bytes).context("not UTF-8")
 }
 
-/// A database error's own message (with its detail and hint), or the error as it is.
+/// A database error's own message (with its detail and hint), or the error as it is. A
+/// statement cancelled by a timeout names the setting, so the DBA knows what to change.
 pub fn pg_error(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
@@ -270,6 +269,12 @@ pub fn pg_error(e: &postgres::Error) -> String {
             }
             if let Some(hint) = db.hint() {
                 text.push_str(&format!("; {hint}"));
+            }
+            if let Some(setting) = timeout_setting(db) {
+                text.push_str(&format!(
+                    ": the database or role sets {setting}; the ledger needs it 0 or at least {}s",
+                    super::settings::MIN_TIMEOUT.as_secs()
+                ));
             }
             text
         }
@@ -282,6 +287,19 @@ pub fn pg_error(e: &postgres::Error) -> String {
             }
             text
         }
+    }
+}
+
+/// The timeout setting that cancelled a statement, if one did.
+fn timeout_setting(db: &postgres::error::DbError) -> Option<&'static str> {
+    use postgres::error::SqlState;
+    let code = db.code();
+    if *code == SqlState::QUERY_CANCELED && db.message().contains("statement timeout") {
+        Some("statement_timeout")
+    } else if *code == SqlState::LOCK_NOT_AVAILABLE && db.message().contains("lock timeout") {
+        Some("lock_timeout")
+    } else {
+        None
     }
 }
 

@@ -40,6 +40,7 @@ mod marks;
 mod read;
 mod resolve;
 mod schema;
+mod settings;
 mod write;
 
 use anyhow::{Context, Result};

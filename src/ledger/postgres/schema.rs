@@ -125,7 +125,15 @@ fn version(client: &mut Client) -> Result<i32> {
 }
 
 fn upgrade(client: &mut Client, location: &PgLocation, exists: bool) -> Result<()> {
+    // The hint about rights only when rights are what is missing: a timeout or a full
+    // disk says what it is.
     let denied = |e: postgres::Error| {
+        if e.code() != Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+            return anyhow::anyhow!(
+                "ledger {location}: cannot create the ledger's tables: {}",
+                pg_error(&e)
+            );
+        }
         anyhow::anyhow!(
             "ledger {location}: cannot create the ledger's tables ({}): grant the user CREATE on the database, or create the schema invoice_dispatch owned by it",
             pg_error(&e)

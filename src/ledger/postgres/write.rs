@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use postgres::{Client, Row, Transaction};
+use postgres::{Client, IsolationLevel, Row, Transaction};
 
 use super::{RUN_LOCKS, SERVER_STARTED};
 use crate::domain::{rfc3339, Counts, RunId, SkipKind, Status, StopReason};
@@ -138,10 +138,25 @@ pub fn settle_run(
     marks_trusted: bool,
     now: DateTime<Utc>,
 ) -> Result<Counts> {
-    let mut tx = client.transaction()?;
+    // Read committed, whatever the session's default: the lock below waits for the run's
+    // mark and answer commits under way, and every statement after it must see them. Under
+    // repeatable read or serializable the snapshot would be the one from before the wait,
+    // a mark committed during it would be missed, and its row sent again.
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()?;
     // Waits for the run's mark commits under way and stops any after it (see `marks`), so
-    // the marks read below are all it will ever have.
-    tx.execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", &[&run.0])?;
+    // the marks read below (each statement takes a fresh snapshot, after the wait) are all
+    // it will ever have.
+    let folded: bool = tx
+        .query_one(
+            "SELECT folded FROM runs WHERE id = $1 FOR UPDATE",
+            &[&run.0],
+        )?
+        .get(0);
+    // Looked at again after the wait: a run settled meanwhile is never settled twice.
+    anyhow::ensure!(!folded, "run {run} was settled meanwhile by another run");
     let (in_flight, never_left, unknowable) = (
         rule.row(Some(true)).1,
         rule.row(Some(false)).1,
