@@ -149,6 +149,62 @@ async fn sigterm_is_handled_like_sigint(backend: Backend) {
     interrupted_mid_run_then_rerun(libc::SIGTERM, backend).await;
 }
 
+/// The ledger's file and folder as the second run names them: a symlink to the file, and
+/// the same name in a symlinked folder.
+fn other_names_of_the_ledger(w: &World) -> Vec<std::path::PathBuf> {
+    let alias = w.path("alias.sqlite3");
+    std::os::unix::fs::symlink(w.ledger(), &alias).unwrap();
+    let folder = w.path("linked-folder");
+    std::os::unix::fs::symlink(w.dir.path(), &folder).unwrap();
+    vec![alias, folder.join("ledger.sqlite3")]
+}
+
+#[tokio::test]
+async fn a_second_run_through_a_symlink_is_refused_before_it_writes_and_the_first_finishes() {
+    let w = World::start().await;
+    let input = w.input(&rows(DEPT, "ok-", 60));
+    let first = w
+        .send_command(&input, &["--rate", "30", "--concurrency", "2"])
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the first run to start sending",
+        Duration::from_secs(20),
+        || w.stats().total_requests >= 1,
+    )
+    .await;
+    for name in other_names_of_the_ledger(&w) {
+        let before = w.stats().total_requests;
+        let mut second = w.command();
+        second
+            .arg("send")
+            .arg(&input)
+            .args(["--base-url", &w.sim.base_url(), "--ledger"])
+            .arg(&name)
+            .arg("--out")
+            .arg(w.path("second.csv"));
+        let out = second.output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", name.display());
+        assert!(stderr.contains("is in use"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("pid {}", first.id().unwrap())),
+            "{stderr}"
+        );
+        assert!(!w.path("second.csv").exists());
+        // Whatever the first run wrote meanwhile, the second sent nothing.
+        assert!(w.stats().total_requests >= before);
+    }
+    let first = w.finish(first.wait_with_output().await.unwrap());
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.count("sent"), 60);
+    no_invoice_twice(&w);
+    // The refused runs left no record: they never wrote.
+    let runs = w.look(&["runs", "--format", "json"]).await;
+    let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+}
+
 #[tokio::test]
 async fn a_second_run_on_the_same_ledger_exits_1_naming_the_ledger_and_the_other_process() {
     let w = World::start().await;

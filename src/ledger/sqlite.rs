@@ -61,22 +61,26 @@ impl SqliteStore {
     /// Opens the ledger at `path`. A read-only open (the commands of SPEC section 10) never
     /// creates one and takes the lock only to migrate; otherwise the lock is held until the
     /// store is dropped.
-    pub fn open(path: &Path, read_only: bool) -> Result<SqliteStore> {
+    pub fn open(given: &Path, read_only: bool) -> Result<SqliteStore> {
+        if read_only && !given.is_file() {
+            bail!(
+                "no ledger at {}: nothing has been sent with it (check --ledger, or the `ledger` key)",
+                given.display()
+            );
+        }
+        if let Some(dir) = given
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !read_only)
+        {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the ledger folder {}", dir.display()))?;
+        }
+        // Resolved before anything is named from it or touches the file (see `real_path`).
+        let path = &real_path(given);
         let cannot = || format!("ledger {} cannot be used", path.display());
         let lock = if read_only {
-            if !path.is_file() {
-                bail!(
-                    "no ledger at {}: nothing has been sent with it (check --ledger, or the `ledger` key)",
-                    path.display()
-                );
-            }
             None
         } else {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| {
-                    format!("cannot create the ledger folder {}", dir.display())
-                })?;
-            }
             Some(take_lock(path)?)
         };
         let flags = if read_only {
@@ -1086,20 +1090,32 @@ impl resolution::Verdicts for SqliteStore {
     }
 }
 
-/// Takes the exclusive run lock beside the ledger, naming the holder when it is taken.
-fn take_lock(ledger: &Path) -> Result<File> {
-    // The lock sits beside the real file, so two paths to one ledger (a symlinked folder,
-    // a relative and an absolute path) meet at the same lock.
-    let ledger = &match (ledger.parent(), ledger.file_name()) {
-        (Some(dir), Some(name)) => std::fs::canonicalize(if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        })
-        .map(|d| d.join(name))
-        .unwrap_or_else(|_| ledger.to_path_buf()),
+/// The ledger's one name: symlinks to the file or to a folder on its way, `..` and a
+/// relative start all resolved. The lock, the log and the journals are named from it, so
+/// two names of one ledger meet at one lock. A ledger not yet created is named from its
+/// real folder.
+fn real_path(ledger: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(ledger) {
+        return real;
+    }
+    match (ledger.parent(), ledger.file_name()) {
+        (Some(dir), Some(name)) => {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::canonicalize(dir)
+                .map(|d| d.join(name))
+                .unwrap_or_else(|_| ledger.to_path_buf())
+        }
         _ => ledger.to_path_buf(),
-    };
+    }
+}
+
+/// Takes the exclusive run lock beside the ledger (named by [`real_path`]), naming the
+/// holder when it is taken.
+fn take_lock(ledger: &Path) -> Result<File> {
     let mut name = ledger.as_os_str().to_owned();
     name.push(".lock");
     let lock_path = PathBuf::from(name);
