@@ -420,6 +420,66 @@ impl Stopper {
     }
 }
 
+/// Pausing a run (the handle's `pause`, the desk's button): no request starts while it is
+/// paused; those in flight finish. A stop ends a pause's wait too.
+pub struct Pause {
+    paused: tokio::sync::watch::Sender<bool>,
+    /// When the current pause began, and the pauses before it added up.
+    time: std::sync::Mutex<(Option<std::time::Instant>, std::time::Duration)>,
+}
+
+impl Default for Pause {
+    fn default() -> Self {
+        Pause {
+            paused: tokio::sync::watch::Sender::new(false),
+            time: Default::default(),
+        }
+    }
+}
+
+impl Pause {
+    /// Pauses; false if it already was.
+    pub fn pause(&self) -> bool {
+        let changed = self
+            .paused
+            .send_if_modified(|p| !std::mem::replace(p, true));
+        if changed {
+            self.time.lock().unwrap().0 = Some(std::time::Instant::now());
+        }
+        changed
+    }
+
+    /// Resumes; false if it was not paused.
+    pub fn resume(&self) -> bool {
+        let changed = self
+            .paused
+            .send_if_modified(|p| std::mem::replace(p, false));
+        if changed {
+            let mut time = self.time.lock().unwrap();
+            if let Some(since) = time.0.take() {
+                time.1 += since.elapsed();
+            }
+        }
+        changed
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// Returns once the run is not paused.
+    pub async fn resumed(&self) {
+        let mut rx = self.paused.subscribe();
+        let _ = rx.wait_for(|paused| !paused).await;
+    }
+
+    /// The time spent paused so far, the current pause included.
+    pub fn paused_for(&self) -> std::time::Duration {
+        let time = self.time.lock().unwrap();
+        time.1 + time.0.map(|since| since.elapsed()).unwrap_or_default()
+    }
+}
+
 /// The time a run goes by. Normally the system's; `INVOICE_DISPATCH_TEST_NOW` (RFC 3339)
 /// starts it at another instant, from which it advances in real time, so that tests can
 /// stand a run at 19:59:58 in Chicago without waiting for it.
@@ -454,6 +514,20 @@ impl Clock {
     pub fn now(&self) -> DateTime<Utc> {
         Utc::now() + self.offset
     }
+}
+
+/// The test-only environment variables the shipped binary honours. A stray one in
+/// production changes what a run proves (a fixed boot id makes lost leaving marks look
+/// trustworthy after a reboot), so every run that honours one says so: a warning at
+/// start, `test_overrides` in the summary, a banner in the report.
+pub const TEST_OVERRIDES: [&str; 2] = [Clock::TEST_NOW, "INVOICE_DISPATCH_TEST_BOOT_ID"];
+
+/// The test overrides set in this process's environment, as `NAME=value`.
+pub fn test_overrides() -> Vec<String> {
+    TEST_OVERRIDES
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().map(|v| format!("{name}={v}")))
+        .collect()
 }
 
 /// RFC 3339 in UTC to the second, as every timestamp in our files is written.

@@ -779,7 +779,7 @@ pub fn parse_bool(s: &str) -> Result<Option<bool>, ()> {
     }
 }
 
-mod seen;
+pub mod seen;
 pub use seen::Seen;
 
 #[cfg(test)]

@@ -3,14 +3,12 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use invoice_dispatch::cli::{Cli, LogFormat, SimulateArgs};
 use invoice_dispatch::config::{self, Command, Config, Log};
-use invoice_dispatch::domain::{StopReason, Stopper};
-use invoice_dispatch::screen::Screen;
+use invoice_dispatch::screen::{self, Screen};
 use invoice_dispatch::simulator::{SimConfig, Simulator};
 use invoice_dispatch::{look, run};
 use tracing_subscriber::EnvFilter;
@@ -64,15 +62,16 @@ fn fail(e: anyhow::Error) -> ExitCode {
 fn execute(config: Config, runtime: &tokio::runtime::Runtime, screen: &Screen) -> Result<u8> {
     match config.command {
         Command::Send(send) => {
-            let stopper = Arc::new(Stopper::default());
-            watch_signals(stopper.clone())?;
-            let cx = run::RunContext {
-                clock: config.clock,
-                stopper,
-                screen,
-                runtime,
-            };
-            let summary = run::send(*send, &cx)?;
+            run::preflight(&send)?;
+            let total = run::ask(&send, &config.clock)?;
+            let (progress, quiet) = (send.ui.progress, send.ui.quiet);
+            let handle = run::start(*send, config.clock)?;
+            watch_signals(handle.controls())?;
+            if !quiet {
+                let bar = (progress && Screen::can_show_bar()).then(|| screen.clone());
+                runtime.block_on(screen::show_progress(handle.events(), total, bar));
+            }
+            let summary = handle.wait()?;
             eprintln!("{}", summary.line());
             Ok(summary.exit_code)
         }
@@ -87,11 +86,11 @@ fn execute(config: Config, runtime: &tokio::runtime::Runtime, screen: &Screen) -
     }
 }
 
-/// First SIGINT/SIGTERM: stop starting requests and finish cleanly. Second: exit at once;
+/// First SIGINT/SIGTERM: stop the run (in-flight requests finish). Second: exit at once;
 /// the intents and leaving marks already in the ledger keep the rerun safe. Watched on a
 /// thread of its own, so a signal is answered whatever the run is doing (writing results,
-/// waiting for the ledger) and whichever thread drives the requests.
-fn watch_signals(stopper: Arc<Stopper>) -> Result<()> {
+/// waiting for the ledger, paused) and whichever thread drives the requests.
+fn watch_signals(controls: run::Controls) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -100,7 +99,7 @@ fn watch_signals(stopper: Arc<Stopper>) -> Result<()> {
     let handlers = rt.block_on(async { signal_handlers() })?;
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || rt.block_on(on_signals(handlers, stopper)))
+        .spawn(move || rt.block_on(on_signals(handlers, controls)))
         .context("cannot start the signal watcher")?;
     Ok(())
 }
@@ -115,7 +114,7 @@ fn signal_handlers() -> Result<Handlers> {
     ))
 }
 
-async fn on_signals((mut int, mut term): Handlers, stopper: Arc<Stopper>) {
+async fn on_signals((mut int, mut term): Handlers, controls: run::Controls) {
     use tokio::signal::unix::Signal;
     async fn next(int: &mut Signal, term: &mut Signal) {
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
@@ -124,7 +123,7 @@ async fn on_signals((mut int, mut term): Handlers, stopper: Arc<Stopper>) {
     eprintln!(
         "\ninterrupted: finishing the requests in flight (press Ctrl-C again to quit at once)"
     );
-    stopper.stop(StopReason::Interrupted);
+    controls.stop();
     next(&mut int, &mut term).await;
     eprintln!("interrupted twice: exiting now; rerun the same command to resume safely");
     std::process::exit(130);

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::Result;
 use csv::ByteRecord;
 
-use crate::domain::{rfc3339, Counts, Outcome, RunId, SkipKind, Status};
+use crate::domain::{rfc3339, Counts, Outcome, RunId, SkipKind};
 use crate::evidence::{clip, AttentionRow};
 use crate::files::replace_atomically;
 use crate::input::{InputOptions, InputReader, Record};
@@ -92,15 +92,19 @@ fn cells(o: &Outcome) -> [String; 11] {
     ]
 }
 
-/// Renders the results of `run` beside the input to `out`, replacing it atomically.
-/// `unsent` is what a row the ledger never saw says (the run stopped before reading it).
+/// Where a run's rows come from: the ledger (`Store::results`), or, when the ledger
+/// failed and cannot be read, what the run kept itself. Calls its argument for each row,
+/// in row order.
+pub type Rows<'a> = &'a mut dyn FnMut(&mut dyn FnMut(ResultRow) -> Result<()>) -> Result<()>;
+
+/// Renders the run's `rows` beside the input to `out`, replacing it atomically. `missing`
+/// is what a row that `rows` does not have says (the run stopped before reading it).
 pub fn render(
     input: &Path,
     options: &InputOptions,
-    store: &mut dyn Store,
-    run: RunId,
+    rows: Rows,
     out: &Path,
-    unsent: &Outcome,
+    missing: &Outcome,
 ) -> Result<Rendered> {
     let mut reader = InputReader::open(input, options)?;
     let mut rendered = Rendered::default();
@@ -122,8 +126,8 @@ pub fn render(
             raw: ByteRecord::new(),
             row: ByteRecord::new(),
         };
-        store.results(run, &mut |r| merge.ledger_row(r))?;
-        merge.rest(unsent)?;
+        rows(&mut |r| merge.ledger_row(r, missing))?;
+        merge.rest(missing)?;
         writer.flush()?;
         Ok(())
     })?;
@@ -169,18 +173,13 @@ impl<W: Write> Merge<'_, W> {
 
     /// Writes input records up to the ledger's row `r`, then `r` itself. A record before it
     /// was never seen by the ledger (the run stopped before reading it).
-    fn ledger_row(&mut self, r: ResultRow) -> Result<()> {
+    fn ledger_row(&mut self, r: ResultRow, missing: &Outcome) -> Result<()> {
         loop {
             let Some(record) = self.reader.next_record(&mut self.raw)? else {
                 return Err(self.changed());
             };
             if record.seq < r.seq {
-                let unsent = Outcome::plain(
-                    Status::NotSent,
-                    "not sent: the run stopped before reading this row",
-                    r.outcome.completed_at,
-                );
-                self.write(&record, &unsent)?;
+                self.write(&record, missing)?;
                 continue;
             }
             // Outcomes are matched to rows by position; a file saved over during the run
@@ -191,6 +190,8 @@ impl<W: Write> Merge<'_, W> {
                         req.department.as_str() == dept && req.invoice.as_str() == invoice
                     }
                     (Err(_), None) => true,
+                    // Kept by the run, not read from the ledger (`ResultRow::kept`).
+                    (_, None) => r.line == 0,
                     _ => false,
                 };
             if !same {

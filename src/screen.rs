@@ -6,8 +6,9 @@ use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::dispatch::Progress;
-use crate::domain::Status;
+use tokio::sync::watch;
+
+use crate::run::{Event, State};
 
 /// Where the progress bar is while one is shown.
 #[derive(Clone, Default)]
@@ -55,20 +56,38 @@ impl Screen {
     }
 }
 
-/// Shows the run's progress until aborted: on `bar` if given, else a log line every 10 s.
-pub async fn show_progress(progress: Arc<Progress>, total: Option<u64>, bar: Option<Screen>) {
-    match bar {
-        Some(screen) => show_bar(progress, total, screen).await,
-        None => log_lines(progress, total).await,
+/// Shows the run's progress until it ends: on `bar` if given, else a log line every 10 s.
+pub async fn show_progress(
+    events: watch::Receiver<Event>,
+    total: Option<u64>,
+    bar: Option<Screen>,
+) {
+    let mut ended = events.clone();
+    let show = async {
+        match bar {
+            Some(screen) => show_bar(events, total, screen).await,
+            None => log_lines(events, total).await,
+        }
+    };
+    tokio::select! {
+        _ = show => {}
+        _ = ended.wait_for(Event::is_finished) => {}
     }
 }
 
-fn failures(p: &Progress) -> u64 {
-    let counts = p.counts();
-    counts.get(Status::Failed) + counts.get(Status::Unknown)
+/// What the bar and the log lines say besides the counts, when the run is not just sending.
+fn state_words(state: &State) -> Option<String> {
+    match state {
+        State::Waiting { why } => Some(why.clone()),
+        State::Paused => Some("PAUSED: no request starts until the run is resumed".into()),
+        State::Stopping { why } => Some(format!(
+            "stopping ({why}): finishing the requests in flight"
+        )),
+        _ => None,
+    }
 }
 
-async fn show_bar(progress: Arc<Progress>, total: Option<u64>, screen: Screen) {
+async fn show_bar(events: watch::Receiver<Event>, total: Option<u64>, screen: Screen) {
     let bar = indicatif::ProgressBar::with_draw_target(
         total,
         indicatif::ProgressDrawTarget::stderr_with_hz(5),
@@ -80,7 +99,7 @@ async fn show_bar(progress: Arc<Progress>, total: Option<u64>, screen: Screen) {
         .expect("valid template"),
     );
     screen.show(Some(bar.clone()));
-    /// Clears the bar however the task ends (it is aborted).
+    /// Clears the bar however the task ends (it is dropped when the run ends).
     struct Clear(indicatif::ProgressBar, Screen);
     impl Drop for Clear {
         fn drop(&mut self) {
@@ -90,35 +109,36 @@ async fn show_bar(progress: Arc<Progress>, total: Option<u64>, screen: Screen) {
     }
     let _clear = Clear(bar.clone(), screen);
     loop {
-        bar.set_position(progress.counts().rows());
-        let waiting = progress.waiting.lock().unwrap().clone();
-        bar.set_message(match waiting {
-            Some(why) => why,
-            None => format!(
+        let event = events.borrow().clone();
+        bar.set_position(event.rows_done);
+        bar.set_message(state_words(&event.state).unwrap_or_else(|| {
+            format!(
                 "{:.0} req/s  failures: {}",
-                progress.requests_per_second(),
-                failures(&progress)
-            ),
-        });
+                event.requests_per_second, event.failures
+            )
+        }));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-async fn log_lines(progress: Arc<Progress>, total: Option<u64>) {
+async fn log_lines(events: watch::Receiver<Event>, total: Option<u64>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     tick.tick().await;
     loop {
         tick.tick().await;
-        if let Some(why) = progress.waiting.lock().unwrap().clone() {
-            tracing::info!("{why}");
-            continue;
+        let event = events.borrow().clone();
+        if let Some(words) = state_words(&event.state) {
+            tracing::info!("{words}");
+            if !matches!(event.state, State::Paused) {
+                continue;
+            }
         }
         tracing::info!(
-            done = progress.counts().rows(),
+            done = event.rows_done,
             total = total.unwrap_or(0),
-            requests = progress.requests(),
-            failures = failures(&progress),
-            req_per_s = (progress.requests_per_second() * 100.0).round() / 100.0,
+            requests = event.requests,
+            failures = event.failures,
+            req_per_s = (event.requests_per_second * 100.0).round() / 100.0,
             "progress"
         );
     }

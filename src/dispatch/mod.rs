@@ -8,11 +8,14 @@
 //! status is checked, then it takes a rate token, then its leaving mark is written, then
 //! its request leaves. Rows waiting for a slot hold no token, so the burst stays exact.
 //!
-//! The parts, each testable alone: [`pacer`] (rate and 429 pauses), [`gate`] (a
-//! department's first row goes alone), [`breaker`] (failure ratio), [`row`] (what an answer
-//! means, and what a row's attempts add up to). Two seams, [`Api`] and [`Journal`], let the
-//! loop run against scripted answers in tests.
+//! The parts, each testable alone: [`attempts`] (the one loop of attempts, for payment
+//! requests and paid-status checks alike), [`pacer`] (rate, 429 pauses and a person's
+//! pause: the one pacing seam), [`gate`] (a department's first row goes alone),
+//! [`breaker`] (failure ratio), [`row`] (what an answer means, and what a row's attempts
+//! add up to). Two seams, [`Api`] and [`Journal`], let the loop run against scripted
+//! answers in tests.
 
+mod attempts;
 mod breaker;
 mod gate;
 mod pacer;
@@ -28,12 +31,13 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::{Attempt, Client};
-use crate::domain::{Clock, Counts, Outcome, Skip, Status, StopReason, Stopper};
+use crate::domain::{Clock, Counts, Outcome, Pause, Status, StopReason, Stopper};
 use crate::evidence::Tally;
 use crate::input::{InvoiceGuid, Request};
 
+use attempts::{Call, Ending};
 pub use pacer::Backoff;
-use row::{classify, classify_paid, Effect, PaidVerdict, Tries, Verdict};
+use row::Tries;
 
 /// The paid-status check proves the credentials' scope once, for every department.
 const PAID_SCOPE_KEY: &str = "";
@@ -83,8 +87,13 @@ impl Api for Client {
 pub trait Journal: Send + Sync + 'static {
     /// Writes the row's leaving mark; its request may leave once this returns.
     fn leaving(&self, seq: u64) -> impl Future<Output = anyhow::Result<()>> + Send;
-    fn record(&self, seq: u64, outcome: Outcome)
-        -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Records the row's outcome; on failure, gives it back with the reason, so that the
+    /// results can still show it.
+    fn record(
+        &self,
+        seq: u64,
+        outcome: Outcome,
+    ) -> impl Future<Output = Result<(), (anyhow::Error, Outcome)>> + Send;
 }
 
 /// Live counters for the progress display and the summary.
@@ -98,12 +107,34 @@ pub struct Progress {
     last_answer: Mutex<Option<Instant>>,
     /// Said while nothing is sent yet (waiting for the send window).
     pub waiting: Mutex<Option<String>>,
+    /// The newest messages of rows that need a person, at most [`LATEST_KEPT`].
+    latest: Mutex<std::collections::VecDeque<String>>,
 }
 
+/// The newest troubles a watcher is shown.
+const LATEST_KEPT: usize = 5;
+
 impl Progress {
-    pub fn finished(&self, outcome: &Outcome) {
-        let mut counts = self.counts.lock().unwrap();
-        counts.add(outcome.status, outcome.skip);
+    pub fn finished(&self, line: u64, outcome: &Outcome) {
+        self.counts
+            .lock()
+            .unwrap()
+            .add(outcome.status, outcome.skip);
+        if outcome.status.needs_person() {
+            let mut latest = self.latest.lock().unwrap();
+            if latest.len() == LATEST_KEPT {
+                latest.pop_front();
+            }
+            let message = crate::evidence::clip(&outcome.message);
+            latest.push_back(format!(
+                "line {line}: {}: {message}",
+                outcome.status.as_str()
+            ));
+        }
+    }
+
+    pub fn latest_errors(&self) -> Vec<String> {
+        self.latest.lock().unwrap().iter().cloned().collect()
     }
 
     pub fn counts(&self) -> Counts {
@@ -138,6 +169,19 @@ impl Progress {
     }
 }
 
+/// What the dispatcher shares with the run around it: the controls a person or a breaker
+/// acts through, the live counters, and the clock.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub stopper: Arc<Stopper>,
+    pub pause: Arc<Pause>,
+    pub progress: Arc<Progress>,
+    pub tally: Arc<Tally>,
+    /// Outcomes the ledger refused (it failed mid-run): the results still show them.
+    pub unrecorded: Arc<Mutex<Vec<(u64, Outcome)>>>,
+    pub clock: Clock,
+}
+
 /// Everything the row tasks share.
 pub struct Dispatcher<A, J> {
     api: A,
@@ -148,8 +192,7 @@ pub struct Dispatcher<A, J> {
     paid_scope: gate::Gate,
     failure_ratio: breaker::FailureRatio,
     stopper: Arc<Stopper>,
-    progress: Arc<Progress>,
-    tally: Arc<Tally>,
+    shared: Shared,
     clock: Clock,
 }
 
@@ -160,20 +203,11 @@ struct Claims {
 }
 
 impl<A: Api, J: Journal> Dispatcher<A, J> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        api: A,
-        journal: J,
-        settings: Settings,
-        stopper: Arc<Stopper>,
-        progress: Arc<Progress>,
-        tally: Arc<Tally>,
-        clock: Clock,
-    ) -> Arc<Self> {
+    pub fn new(api: A, journal: J, settings: Settings, shared: Shared) -> Arc<Self> {
         Arc::new(Dispatcher {
             api,
             journal,
-            pacer: pacer::Pacer::new(settings.rate, settings.burst),
+            pacer: pacer::Pacer::new(settings.rate, settings.burst, shared.pause.clone()),
             departments: gate::Gate::default(),
             paid_scope: gate::Gate::default(),
             failure_ratio: breaker::FailureRatio::new(
@@ -181,10 +215,9 @@ impl<A: Api, J: Journal> Dispatcher<A, J> {
                 settings.min_attempts_for_ratio,
             ),
             settings,
-            stopper,
-            progress,
-            tally,
-            clock,
+            stopper: shared.stopper.clone(),
+            clock: shared.clock,
+            shared,
         })
     }
 
@@ -245,17 +278,29 @@ impl<A: Api, J: Journal> Dispatcher<A, J> {
         claims: Claims,
     ) {
         let outcome = self.row_outcome(&row, claims).await;
-        self.progress.finished(&outcome);
+        self.shared.progress.finished(row.line, &outcome);
         if outcome.attempts > 0 {
             if let Some(reason) = self.failure_ratio.record(outcome.status) {
                 self.stopper.stop(reason);
             }
         }
-        if let Err(e) = self.journal.record(row.seq, outcome).await {
+        if let Err((e, mut outcome)) = self.journal.record(row.seq, outcome).await {
             self.stopper.stop(StopReason::Ledger(format!("{e:#}")));
+            outcome.message = format!(
+                "{}{}the ledger could not record this outcome",
+                outcome.message,
+                if outcome.message.is_empty() { "" } else { "; " }
+            );
+            self.shared
+                .unrecorded
+                .lock()
+                .unwrap()
+                .push((row.seq, outcome));
         }
     }
 
+    /// The row's way through its department's gate, its paid-status check and its payment
+    /// request: one attempt loop for each call it makes.
     async fn row_outcome(&self, row: &Admitted, claims: Claims) -> Outcome {
         let mut tries = Tries::new(row.note.clone());
         let dept = row.request.department.as_str();
@@ -268,269 +313,30 @@ impl<A: Api, J: Journal> Dispatcher<A, J> {
             Err(why) => return tries.finish(Status::Failed, refused(&why), self.clock.now()),
         };
         if self.settings.skip_paid {
-            if let Err(done) = self.check_paid(row, &mut tries, claims.paid_scope).await {
-                return done(tries, &self.clock);
-            }
-        }
-        self.attempts(row, tries, probe).await
-    }
-
-    /// Makes the row's payment request, retrying what is safe to retry.
-    async fn attempts(
-        &self,
-        row: &Admitted,
-        mut tries: Tries,
-        mut probe: Option<gate::Probe<'_>>,
-    ) -> Outcome {
-        let req = &row.request;
-        loop {
-            if let Some((status, message)) = self.gate(req).await {
-                let message = tries.then(message);
-                return tries.finish(status, message, self.clock.now());
-            }
-            if tries.attempts == 0 {
-                if let Err(outcome) = self.leave(row.seq).await {
-                    return tries.finish(Status::NotSent, outcome, self.clock.now());
-                }
-            }
-            tries.attempts += 1;
-            let attempt = self.timed(row.line, self.api.send(req)).await;
-            let verdict = classify(&attempt, &req.flags);
-            probe = Self::learn_department(probe, &verdict);
-            let now = self.clock.now();
-            match verdict {
-                Verdict::Done(status, message, effect) => {
-                    self.apply(effect, req);
-                    tries.answered(attempt, now, &message);
-                    return tries.finish(status, message, now);
-                }
-                Verdict::RetrySafe {
-                    why,
-                    after,
-                    slow_pool,
-                } => {
-                    tries.answered(attempt, now, &why);
-                    if tries.attempts >= self.settings.max_attempts {
-                        let message = format!("gave up after {} attempts: {why}", tries.attempts);
-                        return tries.finish(Status::Failed, message, now);
-                    }
-                    self.back_off(tries.attempts, after, slow_pool).await;
-                }
-                Verdict::Ambiguous(why) => {
-                    tries.answered(attempt, now, &why);
-                    tries.maybe_delivered(&why);
-                    if !self.settings.retry_ambiguous
-                        || tries.attempts >= self.settings.max_attempts
-                    {
-                        let message = if self.settings.retry_ambiguous {
-                            format!("{why} after {} attempts; the customer may have been notified, so it is not resent", tries.attempts)
-                        } else {
-                            format!("{why}; the request may have been acted on, so it is not resent (retry_ambiguous is off)")
-                        };
-                        return tries.finish(Status::Unknown, message, now);
-                    }
-                    self.back_off(tries.attempts, None, false).await;
-                }
-            }
-        }
-    }
-
-    /// Writes the leaving mark; the message for the row if it must not leave.
-    async fn leave(&self, seq: u64) -> Result<(), String> {
-        if let Err(e) = self.journal.leaving(seq).await {
-            self.stopper.stop(StopReason::Ledger(format!("{e:#}")));
-            return Err("not sent: the ledger could not record the send".to_string());
-        }
-        // The run may have stopped while the mark was being written.
-        match self.stopper.reason() {
-            Some(reason) => Err(reason.not_sent_message()),
-            None => Ok(()),
-        }
-    }
-
-    /// Makes one request, counted and timed for the progress line and the report.
-    async fn timed(&self, line: u64, request: impl Future<Output = Attempt>) -> Attempt {
-        self.progress.request_started();
-        let sent = Instant::now();
-        let attempt = request.await;
-        self.progress.answered();
-        self.tally.attempt(line, sent, sent.elapsed(), &attempt);
-        attempt
-    }
-
-    /// What the probe's answer says of its department: a retry-safe answer (429, 503, no
-    /// connection) says nothing about authorisation, so the department's rows go on
-    /// waiting; a refusal is settled by [`Self::apply`] while the probe is still held, so no
-    /// waiting row can slip through in between; anything else opens the department.
-    fn learn_department<'a>(
-        probe: Option<gate::Probe<'a>>,
-        verdict: &Verdict,
-    ) -> Option<gate::Probe<'a>> {
-        match verdict {
-            Verdict::RetrySafe { .. } | Verdict::Done(_, _, Effect::BlockDepartment(_)) => probe,
-            _ => {
-                if let Some(probe) = probe {
-                    probe.open();
-                }
-                None
-            }
-        }
-    }
-
-    /// What an answer means for the rest of the run.
-    fn apply(&self, effect: Effect, req: &Request) {
-        match effect {
-            Effect::None => {}
-            Effect::StopRun(why) => self.stopper.stop(StopReason::Credentials(why)),
-            Effect::BlockDepartment(why) => {
-                let dept = req.department.as_str();
-                if self.departments.refuse(dept, why) {
-                    tracing::warn!(
-                        department = dept,
-                        "department refused; its remaining rows fail without a request"
-                    );
-                }
-            }
-        }
-    }
-
-    async fn back_off(&self, attempt: u32, retry_after: Option<Duration>, slow_pool: bool) {
-        let backoff = self.settings.backoff;
-        if slow_pool {
-            self.pacer.slow_down(backoff.cap(attempt, retry_after));
-        }
-        self.sleep(backoff.delay(attempt, retry_after)).await;
-    }
-
-    /// Whether the row may make its next attempt now: waits for its turn, and says why not
-    /// when the run stopped or the department was refused meanwhile. The refusal is checked
-    /// before waiting too, so a refused department's rows do not use up rate-limit tokens.
-    async fn gate(&self, req: &Request) -> Option<(Status, String)> {
-        let dept = req.department.as_str();
-        if let Some(why) = self.departments.refused(dept) {
-            return Some((Status::Failed, refused(&why)));
-        }
-        if !self.pacer.turn(&self.stopper).await {
-            return Some((Status::NotSent, self.not_sent_message()));
-        }
-        self.departments
-            .refused(dept)
-            .map(|why| (Status::Failed, refused(&why)))
-    }
-
-    /// Sleeps unless the run stopped first; the caller's next `gate` notices the stop.
-    async fn sleep(&self, delay: Duration) {
-        tokio::select! {
-            _ = self.stopper.stopped() => {}
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
-}
-
-/// How a row that ends early during its paid-status check ends.
-type Ending = Box<dyn FnOnce(Tries, &Clock) -> Outcome + Send>;
-
-impl<A: Api, J: Journal> Dispatcher<A, J> {
-    /// `--skip-paid`: asks the invoice's paid status, retrying anything transient. Ok to
-    /// go on and send; Err with how the row ends otherwise (paid, check failed, stopped).
-    async fn check_paid(
-        &self,
-        row: &Admitted,
-        tries: &mut Tries,
-        claimed: bool,
-    ) -> Result<(), Ending> {
-        let mut probe = match self
-            .paid_scope
-            .turn(PAID_SCOPE_KEY, claimed, &self.stopper)
-            .await
-        {
-            Ok(probe) => probe,
-            // The run was stopped by the refusal itself.
-            Err(_) => return Err(self.stopped_ending()),
-        };
-        for check in 1.. {
-            if !self.pacer.turn(&self.stopper).await {
-                return Err(self.stopped_ending());
-            }
-            let attempt = self
-                .timed(row.line, self.api.paid_status(&row.request.invoice))
+            let scope = self
+                .paid_scope
+                .turn(PAID_SCOPE_KEY, claims.paid_scope, &self.stopper)
                 .await;
-            let verdict = classify_paid(&attempt);
-            let what = paid_words(&verdict);
-            tries.answered(attempt, self.clock.now(), &what);
-            match verdict {
-                PaidVerdict::NotPaid => {
-                    if let Some(p) = probe.take() {
-                        p.open();
-                    }
-                    return Ok(());
+            let ending = match scope {
+                Ok(scope) => {
+                    self.attempts(Call::PaidStatus, row, &mut tries, scope)
+                        .await
                 }
-                PaidVerdict::Paid(amount) => {
-                    if let Some(p) = probe.take() {
-                        p.open();
-                    }
-                    let skip = Skip::AlreadyPaid { amount };
-                    return Err(Box::new(move |t: Tries, c: &Clock| {
-                        t.skipped(&skip, c.now())
-                    }));
-                }
-                PaidVerdict::ScopeRefused(why) => {
-                    let why = format!(
-                        "{why} on the paid-status check: these credentials lack the scope {}",
-                        crate::client::PAID_SCOPE
-                    );
-                    if let Some(p) = probe.take() {
-                        p.refuse(why.clone());
-                    }
-                    self.stopper.stop(StopReason::Credentials(why));
-                    return Err(self.stopped_ending());
-                }
-                PaidVerdict::Rejected(why) => {
-                    let message =
-                        format!("paid-status check {why}; not sent, since it may be paid");
-                    return Err(Box::new(move |t: Tries, c: &Clock| {
-                        t.finish(Status::Failed, message, c.now())
-                    }));
-                }
-                PaidVerdict::Retry {
-                    why,
-                    after,
-                    slow_pool,
-                } => {
-                    if check >= self.settings.max_attempts {
-                        let message = format!("paid-status check gave up after {check} attempts: {why}; not sent, since it may be paid");
-                        return Err(Box::new(move |t: Tries, c: &Clock| {
-                            t.finish(Status::Failed, message, c.now())
-                        }));
-                    }
-                    self.back_off(check, after, slow_pool).await;
-                }
+                // The run was stopped by the refusal itself.
+                Err(_) => Ending::Finish(Status::NotSent, self.not_sent_message()),
+            };
+            if !matches!(ending, Ending::Proceed) {
+                return ending.outcome(tries, self.clock.now());
             }
         }
-        unreachable!("the loop returns")
-    }
-
-    fn stopped_ending(&self) -> Ending {
-        let message = self.not_sent_message();
-        Box::new(move |t: Tries, c: &Clock| t.finish(Status::NotSent, message, c.now()))
+        let ending = self.attempts(Call::Payment, row, &mut tries, probe).await;
+        ending.outcome(tries, self.clock.now())
     }
 
     /// What a row the run stopped before says: why it stopped.
     fn not_sent_message(&self) -> String {
         let reason = self.stopper.reason().cloned();
         reason.unwrap_or(StopReason::Interrupted).not_sent_message()
-    }
-}
-
-fn paid_words(verdict: &PaidVerdict) -> String {
-    match verdict {
-        PaidVerdict::Paid(Some(amount)) => format!("paid-status check: paid (amount {amount})"),
-        PaidVerdict::Paid(None) => "paid-status check: paid".into(),
-        PaidVerdict::NotPaid => "paid-status check: not paid".into(),
-        PaidVerdict::ScopeRefused(why) | PaidVerdict::Rejected(why) => {
-            format!("paid-status check: {why}")
-        }
-        PaidVerdict::Retry { why, .. } => format!("paid-status check: {why}"),
     }
 }
 

@@ -1,24 +1,27 @@
 //! The pace of the whole run: one token bucket for every request (retries and paid-status
-//! checks included), and a pause of the whole pool after a 429.
+//! checks included), a pause of the whole pool after a 429, and a person's pause. Every
+//! request waits its turn here and nowhere else, so this is the one seam for pacing.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
-use crate::domain::Stopper;
+use crate::domain::{Pause, Stopper};
 
 pub(super) struct Pacer {
     limiter: Option<DefaultDirectRateLimiter>,
     /// A 429 pauses every sender, not just the row that got it.
     pause_until: Mutex<Option<Instant>>,
+    /// A person's pause: no turn is given while it lasts.
+    paused: Arc<Pause>,
 }
 
 impl Pacer {
     /// `rate` requests per second (0: unlimited), `burst` at once after an idle spell.
-    pub fn new(rate: u32, burst: u32) -> Pacer {
+    pub fn new(rate: u32, burst: u32, paused: Arc<Pause>) -> Pacer {
         let limiter = NonZeroU32::new(rate).map(|rate| {
             let burst = NonZeroU32::new(burst).unwrap_or(rate);
             RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
@@ -26,14 +29,18 @@ impl Pacer {
         Pacer {
             limiter,
             pause_until: Mutex::new(None),
+            paused,
         }
     }
 
     /// Waits for the pool's pause to end and for a token; false if the run stopped first.
     /// A token taken while a pause began is thrown away, so that the senders released
     /// together at the end of a pause still queue for tokens instead of bursting.
+    /// A person's pause is waited out before the token and again after it, so a row that
+    /// got its token as the pause began does not slip out.
     pub async fn turn(&self, stopper: &Stopper) -> bool {
         loop {
+            self.while_paused(stopper).await;
             if let Some(until) = self.paused_until() {
                 tokio::select! {
                     _ = stopper.stopped() => return false,
@@ -46,8 +53,18 @@ impl Pacer {
                     _ = limiter.until_ready() => {}
                 }
             }
+            self.while_paused(stopper).await;
             if self.paused_until().is_none() {
                 return !stopper.is_stopped();
+            }
+        }
+    }
+
+    async fn while_paused(&self, stopper: &Stopper) {
+        if self.paused.is_paused() {
+            tokio::select! {
+                _ = stopper.stopped() => {}
+                _ = self.paused.resumed() => {}
             }
         }
     }

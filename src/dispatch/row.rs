@@ -16,11 +16,16 @@ const CREDENTIAL_CODES: [i64; 2] = [100001, 100003];
 /// API error codes that mean these credentials may not act for this department.
 const DEPARTMENT_CODES: [i64; 3] = [100004, 100013, 100014];
 
-/// What one classified answer means for the row.
+/// What one classified answer means for the row: of a payment request ([`classify`]) or
+/// of a paid-status check ([`classify_paid`]), so that one attempt loop serves both.
 #[derive(Debug, PartialEq)]
 pub(super) enum Verdict {
     /// The row has its status.
     Done(Status, String, Effect),
+    /// The paid-status check lets the row go on to its payment request.
+    Proceed,
+    /// The paid-status check found the invoice paid: skipped, not sent.
+    Skip(Skip),
     /// Refused before it was acted on: may be sent again.
     RetrySafe {
         why: String,
@@ -170,54 +175,49 @@ fn judge_success(answer: &Answer, flags: &Flags) -> Verdict {
     Verdict::Done(status, message, Effect::None)
 }
 
-/// What a paid-status check (`--skip-paid`) says. It is a GET, so anything transient is
-/// safe to retry.
-#[derive(Debug, PartialEq)]
-pub(super) enum PaidVerdict {
-    Paid(Option<String>),
-    NotPaid,
-    /// The credentials lack the check's scope: the run stops before any payment request.
-    ScopeRefused(String),
-    Retry {
-        why: String,
-        after: Option<Duration>,
-        slow_pool: bool,
-    },
-    Rejected(String),
-}
-
-pub(super) fn classify_paid(attempt: &Attempt) -> PaidVerdict {
+/// Classifies a paid-status check (`--skip-paid`). It is a GET, so anything transient is
+/// safe to retry. A check refused for its scope ends the row `not_sent` and stops the run
+/// before any payment request; any other refusal fails the row, since it may be paid.
+pub(super) fn classify_paid(attempt: &Attempt) -> Verdict {
     let answer = match attempt {
         Attempt::NotConnected(why) | Attempt::Lost(why) => {
-            return PaidVerdict::Retry {
-                why: why.clone(),
-                after: None,
-                slow_pool: false,
-            }
+            return retry_safe(format!("paid-status check: {why}"), None)
         }
         Attempt::Answered(answer) => answer,
     };
-    let http = format!("HTTP {}", answer.status);
+    let http = format!("paid-status check: HTTP {}", answer.status);
+    let scope_refused = |http: String| {
+        let why = format!(
+            "{} on the paid-status check: these credentials lack the scope {}",
+            with_problem(answer, http),
+            crate::client::PAID_SCOPE
+        );
+        Verdict::Done(Status::NotSent, String::new(), Effect::StopRun(why))
+    };
     match answer.status {
-        401 | 403 => PaidVerdict::ScopeRefused(with_problem(answer, http)),
+        401 | 403 => scope_refused(format!("HTTP {}", answer.status)),
         _ if answer.has_error_code(&CREDENTIAL_CODES) => {
-            PaidVerdict::ScopeRefused(with_problem(answer, http))
+            scope_refused(format!("HTTP {}", answer.status))
         }
         200..=299 => match (answer.paid, &answer.body_problem) {
-            (Some(true), None) => PaidVerdict::Paid(answer.amount.clone()),
-            (Some(false), None) => PaidVerdict::NotPaid,
-            _ => PaidVerdict::Retry {
-                why: with_problem(answer, format!("{http} without a paid status")),
-                after: None,
-                slow_pool: false,
-            },
+            (Some(true), None) => Verdict::Skip(Skip::AlreadyPaid {
+                amount: answer.amount.clone(),
+            }),
+            (Some(false), None) => Verdict::Proceed,
+            _ => retry_safe(
+                with_problem(answer, format!("{http} without a paid status")),
+                None,
+            ),
         },
-        408 | 429 | 500..=599 => PaidVerdict::Retry {
-            why: with_problem(answer, http),
-            after: answer.retry_after,
-            slow_pool: answer.status == 429,
-        },
-        _ => PaidVerdict::Rejected(with_problem(answer, format!("{http}: rejected"))),
+        408 | 429 | 500..=599 => retry_safe(with_problem(answer, http), Some(answer)),
+        _ => Verdict::Done(
+            Status::Failed,
+            format!(
+                "{}: rejected; not sent, since it may be paid",
+                with_problem(answer, http)
+            ),
+            Effect::None,
+        ),
     }
 }
 
@@ -518,11 +518,13 @@ mod tests {
         };
         assert_eq!(
             classify_paid(&answered(200, paid)),
-            PaidVerdict::Paid(Some("125.5".into()))
+            Verdict::Skip(Skip::AlreadyPaid {
+                amount: Some("125.5".into())
+            })
         );
         assert_eq!(
             classify_paid(&answered(200, |a| a.paid = Some(false))),
-            PaidVerdict::NotPaid
+            Verdict::Proceed
         );
         for attempt in [
             Attempt::Lost("timeout".into()),
@@ -532,19 +534,19 @@ mod tests {
             answered(200, |_| {}),
         ] {
             assert!(
-                matches!(classify_paid(&attempt), PaidVerdict::Retry { .. }),
+                matches!(classify_paid(&attempt), Verdict::RetrySafe { .. }),
                 "{attempt:?}"
             );
         }
         for code in [401, 403] {
             assert!(matches!(
                 classify_paid(&answered(code, |_| {})),
-                PaidVerdict::ScopeRefused(_)
+                Verdict::Done(Status::NotSent, _, Effect::StopRun(why)) if why.contains(crate::client::PAID_SCOPE)
             ));
         }
         assert!(matches!(
             classify_paid(&answered(400, |_| {})),
-            PaidVerdict::Rejected(_)
+            Verdict::Done(Status::Failed, _, Effect::None)
         ));
     }
 

@@ -91,7 +91,7 @@ impl Journal for Arc<Book> {
         &self,
         seq: u64,
         outcome: Outcome,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+    ) -> impl Future<Output = Result<(), (anyhow::Error, Outcome)>> + Send {
         self.outcomes.lock().unwrap().insert(seq, outcome);
         async { Ok(()) }
     }
@@ -142,16 +142,9 @@ async fn run(
 ) -> (Vec<Option<Outcome>>, Arc<Script>, Option<StopReason>) {
     let script = Arc::new(script);
     let book = Arc::new(book);
-    let stopper = Arc::new(Stopper::default());
-    let dispatcher = Dispatcher::new(
-        script.clone(),
-        book.clone(),
-        settings,
-        stopper.clone(),
-        Arc::default(),
-        Arc::default(),
-        Clock::default(),
-    );
+    let shared = Shared::default();
+    let stopper = shared.stopper.clone();
+    let dispatcher = Dispatcher::new(script.clone(), book.clone(), settings, shared);
     let (tx, rx) = mpsc::channel(rows.len().max(1));
     for (seq, row) in rows.iter().enumerate() {
         let (dept, invoice) = row.split_once('/').unwrap();

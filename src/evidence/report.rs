@@ -26,6 +26,9 @@ pub struct Facts<'a> {
     pub requests: u64,
     pub elapsed_seconds: f64,
     pub requests_per_second: f64,
+    pub paused_seconds: f64,
+    /// Test-only environment variables the run honoured: shown as a banner.
+    pub test_overrides: &'a [String],
     pub tally: &'a Snapshot,
     pub attention: &'a [AttentionRow],
     pub attention_total: u64,
@@ -100,11 +103,15 @@ fn render(f: &Facts) -> Markup {
                 main {
                     header class={"verdict " (tone)} {
                         @if f.simulation { p class="badge" { "SIMULATION — nothing was sent to myKaarma" } }
+                        @if !f.test_overrides.is_empty() {
+                            p class="badge" { "TEST OVERRIDES were set — this run is not one to trust in production: " (f.test_overrides.join(", ")) }
+                        }
                         h1 { (verdict) }
                         p class="meta" {
                             "Exit code " strong { (f.exit_code) }
                             @if let Some(run) = &f.run { " · run " strong { (run) } }
                             " · started " (rfc3339(f.started))
+                            @if f.paused_seconds > 0.0 { " · paused " (format!("{:.1}", f.paused_seconds)) " s" }
                             " · " (name(f.input)) " → " (name(f.results))
                         }
                     }
@@ -373,6 +380,8 @@ mod tests {
             requests: 3,
             elapsed_seconds: 1.0,
             requests_per_second: 3.0,
+            paused_seconds: 0.0,
+            test_overrides: &[],
             tally,
             attention: rows,
             attention_total: rows.len() as u64 + 5,

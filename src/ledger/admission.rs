@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Entry, EntryKind};
 use crate::domain::{from_millis, rfc3339, RunId, Skip, SkipKind, Status, StopReason};
+use crate::input::Request;
 
 /// How admission treats what earlier runs did.
 #[derive(Clone, Copy, Debug)]
@@ -113,10 +114,11 @@ pub enum Decision {
 }
 
 /// What admission makes of one input record, given what the ledger knows of it: the row's
-/// key, and either `Ok(note)` (send it) or the status, skip and message it ends with now.
+/// key, and either `Ok(request, note)` (send it) or the status, skip and message it ends
+/// with now.
 pub type Judgement<'e> = (
     Option<(&'e str, &'e str)>,
-    Result<Option<String>, (Status, Option<SkipKind>, String)>,
+    Result<(&'e Request, Option<String>), (Status, Option<SkipKind>, String)>,
 );
 
 pub fn judge<'e>(
@@ -136,16 +138,16 @@ pub fn judge<'e>(
             let m = format!("duplicate of line {first_line}");
             (Some((dept, invoice)), Err((Status::Duplicate, None, m)))
         }
-        EntryKind::Valid { dept, invoice } => {
+        EntryKind::Valid(request) => {
             let decision = match (decide(prior, policy, now), stopped) {
                 (Decision::Skip(s), _) => Err((Status::Skipped, Some(s.kind()), s.message())),
                 // Rows read after the run stopped are recorded, not sent.
                 (Decision::Send { .. }, Some(stop)) => {
                     Err((Status::NotSent, None, stop.not_sent_message()))
                 }
-                (Decision::Send { note }, None) => Ok(note),
+                (Decision::Send { note }, None) => Ok((request, note)),
             };
-            (Some((dept, invoice)), decision)
+            (entry.kind.key(), decision)
         }
     }
 }

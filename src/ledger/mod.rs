@@ -59,7 +59,11 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::{from_millis, Clock, Counts, Outcome, RunId, SkipKind, Status, StopReason};
+use crate::dispatch::Admitted;
+use crate::domain::{
+    from_millis, Clock, Counts, Outcome, RunId, SkipKind, Status, StopReason, Stopper,
+};
+use crate::input::Request;
 
 pub use admission::{Decision, Policy};
 
@@ -151,7 +155,7 @@ fn absolute(path: &Path) -> PathBuf {
 /// The machine's boot id: a change means the machine restarted (or is another machine)
 /// since, so marks that were written but not flushed may be gone.
 pub fn boot_id() -> Option<String> {
-    if let Ok(id) = std::env::var("INVOICE_DISPATCH_TEST_BOOT_ID") {
+    if let Ok(id) = std::env::var(crate::domain::TEST_OVERRIDES[1]) {
         return Some(id);
     }
     let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
@@ -176,19 +180,39 @@ pub enum EntryKind {
         dept: String,
         invoice: String,
     },
-    Valid {
-        dept: String,
-        invoice: String,
-    },
+    Valid(Request),
+}
+
+impl EntryKind {
+    /// The (department, invoice) of a valid or duplicate row.
+    pub fn key(&self) -> Option<(&str, &str)> {
+        match self {
+            EntryKind::Invalid(_) => None,
+            EntryKind::Duplicate { dept, invoice, .. } => Some((dept, invoice)),
+            EntryKind::Valid(req) => Some((req.department.as_str(), req.invoice.as_str())),
+        }
+    }
 }
 
 /// What admission made of a record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Admission {
-    /// To be sent: its intent is durable.
-    Send { note: Option<String> },
+    /// To be sent, with its request: its intent is durable.
+    Send(Admitted),
     /// Finished at admission.
     Done(Status, Option<SkipKind>),
+}
+
+impl Admission {
+    /// A valid row admitted to be sent, with what is to be said of it first.
+    pub fn send(entry: &Entry, request: &Request, note: Option<String>) -> Admission {
+        Admission::Send(Admitted {
+            seq: entry.seq,
+            line: entry.line,
+            request: request.clone(),
+            note,
+        })
+    }
 }
 
 /// How the run that is ending ended, for the rows it left unfinished.
@@ -253,6 +277,50 @@ pub struct ResultRow {
     /// (department, invoice) for a valid row.
     pub key: Option<(String, String)>,
     pub outcome: Outcome,
+    /// Admitted, and not settled: its run is still going, or died, or its ledger failed.
+    pub unfinished: bool,
+}
+
+impl ResultRow {
+    /// An outcome the run kept itself when its ledger could not be read back: matched to
+    /// its input row by position alone (line 0 says so).
+    pub fn kept(seq: u64, outcome: Outcome) -> ResultRow {
+        ResultRow {
+            seq,
+            line: 0,
+            key: None,
+            outcome,
+            unfinished: false,
+        }
+    }
+
+    /// A row as a store read it back, `status` as stored: one not settled yet has none.
+    pub fn read(
+        (seq, line): (u64, u64),
+        key: Option<(String, String)>,
+        status: &str,
+        mut outcome: Outcome,
+        run: RunId,
+    ) -> ResultRow {
+        let parsed = Status::parse(status);
+        match parsed {
+            Some(status) => outcome.status = status,
+            // Only a run that has not been settled (running, or died since) has these.
+            None => {
+                outcome.status = Status::Unknown;
+                outcome.message = format!(
+                    "run {run} has not finished this row; the next send with this ledger settles it"
+                );
+            }
+        }
+        ResultRow {
+            seq,
+            line,
+            key,
+            outcome,
+            unfinished: parsed.is_none(),
+        }
+    }
 }
 
 /// A run, as `runs` lists it.
@@ -498,37 +566,55 @@ fn gone() -> anyhow::Error {
     anyhow::anyhow!("the ledger writer stopped")
 }
 
+/// What the writer thread gives back once every handle is gone.
+pub struct Served {
+    pub store: Box<dyn Store>,
+    /// Why the ledger stopped taking writes mid-run, if it did.
+    pub failed: Option<String>,
+    /// Outcomes that reached the writer but no commit: the results still show them.
+    pub kept: Vec<(u64, Outcome)>,
+}
+
 /// The writer thread; joined, it gives the store back.
-pub type Writer = std::thread::JoinHandle<Result<Box<dyn Store>>>;
+pub type Writer = std::thread::JoinHandle<Served>;
 
 /// Starts the writer thread for a run begun on `store`. Joining the thread (after every
-/// handle is dropped) gives the store back for settling and rendering.
+/// handle is dropped) gives the store back for settling and rendering. A commit that fails
+/// stops the run (through `stopper`): nothing more is admitted, and outcomes that come
+/// after are kept for the results.
 pub fn spawn(
     store: Box<dyn Store>,
     policy: Policy,
     clock: Clock,
+    stopper: Arc<Stopper>,
 ) -> Result<(LedgerHandle, Writer)> {
     let marks = store.marks()?;
     let (tx, rx) = mpsc::channel(1024);
     let thread = std::thread::Builder::new()
         .name("ledger".into())
-        .spawn(move || serve(store, rx, policy, clock))
+        .spawn(move || serve(store, rx, policy, clock, &stopper))
         .context("cannot start the ledger thread")?;
     Ok((LedgerHandle { tx, marks }, thread))
 }
 
-/// Commits whatever commands have queued up together (group commit).
+/// Commits whatever commands have queued up together (group commit); after a failed
+/// commit, refuses admissions and keeps outcomes until the run is done.
 fn serve(
     mut store: Box<dyn Store>,
     mut rx: mpsc::Receiver<Cmd>,
     policy: Policy,
     clock: Clock,
-) -> Result<Box<dyn Store>> {
+    stopper: &Stopper,
+) -> Served {
     let mut cmds = Vec::with_capacity(GROUP_MAX);
+    let (mut failed, mut kept) = (None::<String>, Vec::new());
     while let Some(first) = rx.blocking_recv() {
         cmds.push(first);
         drain(&mut rx, &mut cmds);
-        if cmds.len() < GROUP_MAX && !cmds.iter().any(|c| matches!(c, Cmd::Admit { .. })) {
+        if failed.is_none()
+            && cmds.len() < GROUP_MAX
+            && !cmds.iter().any(|c| matches!(c, Cmd::Admit { .. }))
+        {
             std::thread::sleep(OUTCOME_LINGER);
             drain(&mut rx, &mut cmds);
         }
@@ -547,17 +633,28 @@ fn serve(
                 Cmd::Record { seq, outcome } => batch.outcomes.push((seq, *outcome)),
             }
         }
-        let result = store.commit(&mut batch, &policy, clock.now());
-        let failed = result.as_ref().err().map(|e| format!("{e:#}"));
+        if failed.is_none() {
+            if let Err(e) = store.commit(&mut batch, &policy, clock.now()) {
+                let why = format!("{e:#}");
+                stopper.stop(StopReason::Ledger(why.clone()));
+                failed = Some(why);
+            }
+        }
+        if failed.is_some() {
+            kept.append(&mut batch.outcomes);
+        }
         for (reply, (_, admitted, _)) in replies.into_iter().zip(batch.admits) {
             let _ = reply.send(match &failed {
                 Some(e) => Err(e.clone()),
                 None => Ok(admitted),
             });
         }
-        result?;
     }
-    Ok(store)
+    Served {
+        store,
+        failed,
+        kept,
+    }
 }
 
 /// Takes what has queued up, to [`GROUP_MAX`] commands.
@@ -609,20 +706,28 @@ impl crate::dispatch::Journal for LedgerHandle {
 
     /// Returns once the answer would survive the death of the process, so that the rows a
     /// kill leaves with a mark and no answer are at most those holding a send slot.
-    async fn record(&self, seq: u64, outcome: Outcome) -> Result<()> {
+    async fn record(&self, seq: u64, outcome: Outcome) -> Result<(), (anyhow::Error, Outcome)> {
         match &self.marks {
             Marks::Remote(marks) => {
-                written(marks, postgres::Note::Answered(seq, Box::new(outcome))).await
+                // Kept for the results should the server not take it: the cost of a copy
+                // is nothing beside the round trip.
+                let kept = outcome.clone();
+                let note = postgres::Note::Answered(seq, Box::new(outcome));
+                written(marks, note).await.map_err(|e| (e, kept))
             }
             Marks::File(file) => {
-                journal::answer(file, seq, &outcome)?;
-                self.tx
-                    .send(Cmd::Record {
-                        seq,
-                        outcome: Box::new(outcome),
-                    })
-                    .await
-                    .map_err(|_| gone())
+                if let Err(e) = journal::answer(file, seq, &outcome) {
+                    return Err((e, outcome));
+                }
+                // A slot first, so that a writer that has stopped leaves the outcome here.
+                let Ok(slot) = self.tx.reserve().await else {
+                    return Err((gone(), outcome));
+                };
+                slot.send(Cmd::Record {
+                    seq,
+                    outcome: Box::new(outcome),
+                });
+                Ok(())
             }
         }
     }

@@ -556,15 +556,17 @@ fn admit(
     stopped: Option<&StopReason>,
 ) -> Result<Admission> {
     let prior = match &entry.kind {
-        EntryKind::Valid { dept, invoice } => prior(tx, at.target, dept, invoice)?,
+        EntryKind::Valid(req) => {
+            prior(tx, at.target, req.department.as_str(), req.invoice.as_str())?
+        }
         _ => None,
     };
     let (key, decision) = judge(entry, prior.as_ref(), at.policy, at.now, stopped);
     match decision {
-        Ok(note) => {
+        Ok((request, note)) => {
             let message = note.as_deref().unwrap_or("");
             insert_result(tx, at.run, entry, key, "pending", None, message, "")?;
-            Ok(Admission::Send { note })
+            Ok(Admission::send(entry, request, note))
         }
         Err((status, skip, message)) => {
             let status_text = status.as_str();
@@ -803,7 +805,7 @@ fn final_row(row: &rusqlite::Row, run: RunId) -> Result<ResultRow> {
     let completed: String = row.get(15)?;
     // An outcome keeps its time in `at_ms` alone (see `write_outcome`).
     let outcome_ms: Option<i64> = row.get(16)?;
-    let mut outcome = Outcome {
+    let outcome = Outcome {
         status: Status::Unknown,
         skip: skip.as_deref().and_then(SkipKind::parse),
         http_status: row.get(6)?,
@@ -823,25 +825,12 @@ fn final_row(row: &rusqlite::Row, run: RunId) -> Result<ResultRow> {
         },
         earlier: Vec::new(),
     };
-    match Status::parse(&status) {
-        Some(s) => outcome.status = s,
-        // Only a run that has not been settled (running, or died since) has these.
-        None => {
-            outcome.message = format!(
-                "run {run} has not finished this row; the next send with this ledger settles it"
-            )
-        }
-    }
     let key = match (row.get(2)?, row.get(3)?) {
         (Some(dept), Some(invoice)) => Some((dept, invoice)),
         _ => None,
     };
-    Ok(ResultRow {
-        seq: row.get::<_, i64>(0)? as u64,
-        line: row.get::<_, i64>(1)? as u64,
-        key,
-        outcome,
-    })
+    let place = (row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64);
+    Ok(ResultRow::read(place, key, &status, outcome, run))
 }
 
 const RUNS: &str = "SELECT id, started_ms, finished_ms, host, os_user, input, input_sha256,

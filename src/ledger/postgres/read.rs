@@ -42,8 +42,8 @@ fn result_row(row: &Row, run: RunId) -> ResultRow {
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or_default(),
     };
-    let mut outcome = Outcome {
-        status: Status::parse(&status).unwrap_or(Status::Unknown),
+    let outcome = Outcome {
+        status: Status::Unknown,
         skip: skip.as_deref().and_then(SkipKind::parse),
         http_status: row.get::<_, Option<i32>>(6).map(|s| s as u16),
         attempts: row.get::<_, i32>(7) as u32,
@@ -57,22 +57,12 @@ fn result_row(row: &Row, run: RunId) -> ResultRow {
         completed_at,
         earlier: Vec::new(),
     };
-    if Status::parse(&status).is_none() {
-        // Only a run that has not been settled (running, or died since) has these.
-        outcome.message = format!(
-            "run {run} has not finished this row; the next send with this ledger settles it"
-        );
-    }
     let key = match (row.get(2), row.get(3)) {
         (Some(dept), Some(invoice)) => Some((dept, invoice)),
         _ => None,
     };
-    ResultRow {
-        seq: row.get::<_, i64>(0) as u64,
-        line: row.get::<_, i64>(1) as u64,
-        key,
-        outcome,
-    }
+    let place = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
+    ResultRow::read(place, key, &status, outcome, run)
 }
 
 /// The last `last` runs, newest first, or the one run `only`.

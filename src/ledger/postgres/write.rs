@@ -346,15 +346,15 @@ fn admit(
     let (mut rows, mut claims) = (ResultRows::default(), (Vec::new(), Vec::new()));
     let mut admitted = Vec::with_capacity(entries.len());
     for entry in entries {
-        let prior = match &entry.kind {
-            EntryKind::Valid { dept, invoice } => priors
-                .get(&(dept.clone(), invoice.clone()))
+        let prior = match (&entry.kind, entry.kind.key()) {
+            (EntryKind::Valid(_), Some((dept, invoice))) => priors
+                .get(&(dept.to_string(), invoice.to_string()))
                 .and_then(Option::as_ref),
             _ => None,
         };
         let (key, decision) = judge(entry, prior, policy, now, stopped);
         match decision {
-            Ok(note) => {
+            Ok((request, note)) => {
                 rows.push(
                     entry,
                     key,
@@ -367,7 +367,7 @@ fn admit(
                     claims.0.push(dept.to_string());
                     claims.1.push(invoice.to_string());
                 }
-                admitted.push(Admission::Send { note });
+                admitted.push(Admission::send(entry, request, note));
             }
             Err((status, skip, message)) => {
                 rows.push(entry, key, status.as_str(), skip, &message, &stamp);
@@ -401,7 +401,10 @@ fn lock_priors(
     let mut keys: Vec<(String, String)> = entries
         .iter()
         .filter_map(|e| match &e.kind {
-            EntryKind::Valid { dept, invoice } => Some((dept.clone(), invoice.clone())),
+            EntryKind::Valid(req) => Some((
+                req.department.as_str().to_string(),
+                req.invoice.as_str().to_string(),
+            )),
             _ => None,
         })
         .collect();
