@@ -284,13 +284,8 @@ impl<A: Api, J: Journal> Dispatcher<A, J> {
                 self.stopper.stop(reason);
             }
         }
-        if let Err((e, mut outcome)) = self.journal.record(row.seq, outcome).await {
+        if let Err((e, outcome)) = self.journal.record(row.seq, outcome).await {
             self.stopper.stop(StopReason::Ledger(format!("{e:#}")));
-            outcome.message = format!(
-                "{}{}the ledger could not record this outcome",
-                outcome.message,
-                if outcome.message.is_empty() { "" } else { "; " }
-            );
             self.shared
                 .unrecorded
                 .lock()

@@ -155,8 +155,16 @@ fn write_results(
             &missing,
         );
     }
-    let mut kept: HashMap<u64, Outcome> = served.kept.drain(..).collect();
-    kept.extend(engine.shared.unrecorded.lock().unwrap().drain(..));
+    let unrecorded = engine.shared.unrecorded.lock().unwrap().split_off(0);
+    let mut kept: HashMap<u64, Outcome> = (served.kept.drain(..).chain(unrecorded))
+        .map(|(seq, mut outcome)| {
+            outcome.message = match outcome.message.as_str() {
+                "" => "the ledger could not record this outcome".into(),
+                m => format!("{m}; the ledger could not record this outcome"),
+            };
+            (seq, outcome)
+        })
+        .collect();
     let mut rows = |f: &mut dyn FnMut(ledger::ResultRow) -> Result<()>| {
         store.results(run, &mut |mut row| {
             if let Some(outcome) = kept.remove(&row.seq) {
