@@ -122,7 +122,10 @@ fn runs_csv(runs: &[RunRecord], out: &mut dyn Write) -> Result<()> {
 
 fn history(ledger: &Location, format: Format, invoice: &str, dept: Option<&str>) -> Result<u8> {
     let mut store = ledger::open(ledger, true)?;
-    let entries = store.history(invoice, dept)?;
+    let mut entries = store.history(invoice, dept)?;
+    for entry in &mut entries {
+        entry.invoice = invoice.to_string();
+    }
     if entries.is_empty() {
         let scope = dept
             .map(|d| format!(" for department {d}"))

@@ -267,3 +267,43 @@ async fn a_report_is_written_after_an_interrupt_and_after_a_credentials_breaker(
         "{page}"
     );
 }
+
+#[tokio::test]
+async fn a_run_with_test_overrides_says_so_at_start_in_the_summary_and_in_the_report() {
+    let w = World::start().await;
+    let input = w.input(&rows(DEPT, "ok-", 2));
+    let report = w.path("report.html");
+    let plain = w
+        .send(&input, &["--report", report.to_str().unwrap()])
+        .await;
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    assert!(
+        plain.summary.get("test_overrides").is_none(),
+        "{}",
+        plain.summary
+    );
+    assert!(!plain.stderr.contains("TEST OVERRIDES"), "{}", plain.stderr);
+    assert!(!std::fs::read_to_string(&report)
+        .unwrap()
+        .contains("TEST OVERRIDES"));
+
+    let mut cmd = w.send_command(&input, &["--report", report.to_str().unwrap(), "--resend"]);
+    cmd.env("INVOICE_DISPATCH_TEST_BOOT_ID", "stray-boot-id");
+    let run = w.finish(cmd.output().await.unwrap());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let first = run.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("TEST OVERRIDES SET"),
+        "warned at start: {}",
+        run.stderr
+    );
+    assert_eq!(
+        run.summary["test_overrides"],
+        serde_json::json!(["INVOICE_DISPATCH_TEST_BOOT_ID=stray-boot-id"])
+    );
+    let page = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        page.contains("TEST OVERRIDES were set"),
+        "a banner in the report"
+    );
+}

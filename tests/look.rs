@@ -80,6 +80,20 @@ async fn runs_history_and_export_answer_from_the_ledger(backend: Backend) {
         .find(|e| e["status"] == "sent")
         .unwrap_or_else(|| panic!("{history:#}"));
     assert_eq!(sent["run"], "r1");
+    // Self-describing: the histories of several invoices can be joined and filtered.
+    for entry in history.as_array().unwrap() {
+        assert_eq!(
+            (&entry["invoice"], &entry["department"]),
+            (&"ok-1".into(), &DEPT.into())
+        );
+    }
+    let csv = w.look(&["history", "ok-1", "--format", "csv"]).await;
+    let csv = parse_results(&csv.stdout);
+    assert!(
+        csv.iter()
+            .all(|e| e["invoice"] == "ok-1" && e["department"] == DEPT),
+        "{csv:?}"
+    );
     assert_eq!(sent["http_status"], 200);
     assert_eq!(sent["text_sent"], "SUCCESS");
     assert_eq!(

@@ -350,6 +350,8 @@ pub struct HistoryEntry {
     pub run: String,
     pub target: String,
     pub department: String,
+    /// The invoice, so that the histories of several invoices can be joined and filtered.
+    pub invoice: String,
     /// `request`, `row` (what the run made of the row) or `resolution`.
     pub what: String,
     pub status: String,
@@ -377,6 +379,7 @@ impl HistoryEntry {
             run: run.to_string(),
             target,
             department,
+            invoice: String::new(),
             what: what.into(),
             status,
             http_status: None,
