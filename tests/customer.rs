@@ -83,13 +83,16 @@ async fn send_at(
     w.finish(out)
 }
 
-/// The run that starts 2 s before its window closes, at 20 requests per second.
+/// The run that starts 5 s before its window closes, at 20 requests per second (burst
+/// 20): the window, not the input, ends it, and the rate bounds what it sent. How many
+/// went depends on how fast the process started, so only bounds are asserted: at least
+/// one (the window was open), at most what the rate allows in 5 s.
 fn assert_closed_mid_run(run: &Run, w: &World) {
     assert_eq!(run.code, 2, "{}", run.stderr);
     let sent = run.count("sent");
     assert!(
-        (20..=50).contains(&sent),
-        "about 40 sent in 2 s at --rate 20: {sent}"
+        (1..=120).contains(&sent),
+        "at most 20/s for 5 s, plus a burst of 20: {sent}"
     );
     assert_eq!(sent + run.count("not_sent"), 200, "{:?}", run.summary);
     assert_eq!(w.stats().total_requests as usize, sent);
@@ -110,7 +113,7 @@ async fn a_window_that_closes_mid_run_stops_starting_requests_and_exits_2() {
         &w,
         &input,
         CHICAGO,
-        "2026-11-30T19:59:58-06:00",
+        "2026-11-30T19:59:55-06:00",
         &["--rate", "20"],
     )
     .await;
@@ -126,7 +129,7 @@ async fn a_window_across_midnight_closes_in_the_morning() {
         &w,
         &input,
         night,
-        "2026-12-01T05:59:58-06:00",
+        "2026-12-01T05:59:55-06:00",
         &["--rate", "20"],
     )
     .await;
@@ -142,7 +145,7 @@ async fn on_the_day_clocks_fall_back_the_window_closes_at_20_00_standard_time() 
         &w,
         &input,
         CHICAGO,
-        "2026-11-01T19:59:58-06:00",
+        "2026-11-01T19:59:55-06:00",
         &["--rate", "20"],
     )
     .await;

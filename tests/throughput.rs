@@ -57,14 +57,16 @@ async fn a_429_with_retry_after_pauses_the_whole_pool() {
         .find(|r| r.status == 429)
         .expect("a 429")
         .at_ms;
-    // Requests already on their way when the 429 came back may land just after it;
-    // nothing else may arrive until Retry-After (1 s) has passed.
+    // Requests already on their way when the client read the 429 may land after it, at
+    // most one per other send slot (concurrency 4, the throttled row keeps its own);
+    // without the pause, the 5/s pace would bring 5 within Retry-After (1 s). A count,
+    // not a time, so a slow machine cannot make it fail.
     let early: Vec<_> = recent
         .iter()
-        .filter(|r| r.at_ms > t429 + 100 && r.at_ms < t429 + 1000)
+        .filter(|r| r.at_ms > t429 && r.at_ms < t429 + 1000)
         .map(|r| (r.key.clone(), r.at_ms - t429))
         .collect();
-    assert!(early.is_empty(), "arrived during the pause: {early:?}");
+    assert!(early.len() <= 3, "arrived during the pause: {early:?}");
     assert!(recent.iter().any(|r| r.at_ms >= t429 + 1000));
 }
 
@@ -249,10 +251,9 @@ async fn the_rate_limit_is_never_exceeded_counting_retries() {
 #[tokio::test]
 async fn unreachable_servers_are_retried_then_failed_not_unknown() {
     let w = World::start().await;
-    // A port nothing listens on: connection refused is safe to retry.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
+    // A port bound and never listened on: connection refused, safe to retry. Held for
+    // the whole test, so no other process can take it meanwhile.
+    let (_socket, port) = refusing_port();
     let input = w.input(&[&format!("{DEPT},ok-1,,")]);
     let mut cmd = w.command();
     cmd.arg("send")

@@ -356,6 +356,9 @@ async fn a_check_without_its_scope_stops_the_run_before_any_payment_request() {
         }
         other => panic!("{other:?}"),
     }
+    // The probe's own row has an outcome; rows the pool had taken end not_sent too, and
+    // rows it never took are the caller's to report (no outcome here).
+    assert_eq!(status(&out[0]), Some(Status::NotSent), "{out:?}");
     for o in out.iter().flatten() {
         assert_eq!(o.status, Status::NotSent, "{o:?}");
     }

@@ -327,6 +327,36 @@ pub fn signal(child: &tokio::process::Child, sig: i32) {
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
 }
 
+/// A loopback port that refuses connections for as long as the socket is held: bound, so
+/// nothing else can take it, and never listened on.
+pub fn refusing_port() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::FromRawFd;
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        let mut bound: libc::sockaddr_in = std::mem::zeroed();
+        let mut bound_len = len;
+        assert_eq!(
+            libc::getsockname(
+                fd,
+                &mut bound as *mut _ as *mut libc::sockaddr,
+                &mut bound_len
+            ),
+            0
+        );
+        (socket, u16::from_be(bound.sin_port))
+    }
+}
+
 /// No invoice reached the simulator more than once.
 pub fn no_invoice_twice(w: &World) {
     let twice: Vec<_> = w
