@@ -53,6 +53,7 @@ impl Verdicts for Pg<'_> {
         }))
     }
 
+    /// A SQL-dialect twin of the SQLite store's `record` (`sqlite/resolve.rs`).
     fn record(
         &mut self,
         target: &str,

@@ -300,6 +300,7 @@ struct ResultRows {
 }
 
 impl ResultRows {
+    /// The columns of the SQLite store's `insert_result`, its twin (one row, one statement).
     fn push(
         &mut self,
         entry: &Entry,
