@@ -18,6 +18,9 @@ impl Checkpointer {
     pub(super) fn spawn(path: &Path) -> Result<Checkpointer> {
         let conn = Connection::open(path).context("cannot open the ledger for checkpoints")?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        // A checkpoint copies log frames into the file page by page and keeps none of them:
+        // the default 2 MB cache would only hold pages no one reads again.
+        conn.execute_batch("PRAGMA cache_size = -64")?;
         let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
