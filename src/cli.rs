@@ -58,6 +58,10 @@ pub struct InputArgs {
     /// Field delimiter: ',', ';', 'tab' or '\t'. Default: sniffed from the header line.
     #[arg(long, value_name = "C", value_parser = parse_delimiter)]
     pub delimiter: Option<u8>,
+    /// The CSV's text encoding, by its WHATWG label: windows-1252 for Excel's "CSV" on
+    /// Windows, utf-16le... Default: UTF-8, or UTF-16 when the file starts with its BOM.
+    #[arg(long, value_name = "LABEL", value_parser = parse_encoding)]
+    pub encoding: Option<&'static encoding_rs::Encoding>,
 }
 
 #[derive(Args, Debug, Default)]
@@ -255,6 +259,14 @@ pub enum Format {
     Table,
     Csv,
     Json,
+}
+
+pub fn parse_encoding(s: &str) -> Result<&'static encoding_rs::Encoding, String> {
+    encoding_rs::Encoding::for_label(s.trim().as_bytes()).ok_or_else(|| {
+        format!(
+            "{s:?} is not an encoding's name (try windows-1252, iso-8859-1, utf-16le, shift_jis)"
+        )
+    })
 }
 
 pub fn parse_delimiter(s: &str) -> Result<u8, String> {

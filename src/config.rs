@@ -46,6 +46,7 @@ pub struct FileConfig {
     dedupe_window: Option<String>,
     retention: Option<String>,
     delimiter: Option<String>,
+    encoding: Option<String>,
     log_format: Option<LogFormat>,
     username: Option<String>,
     password_file: Option<PathBuf>,
@@ -327,10 +328,18 @@ fn input(args: &InputArgs, file: &FileConfig) -> Result<Input> {
         }
         (None, None) => None,
     };
+    let encoding = match (args.encoding, &file.encoding) {
+        (Some(e), _) => Some(e),
+        (None, Some(s)) => {
+            Some(cli::parse_encoding(s).map_err(|e| anyhow::anyhow!("config `encoding`: {e}"))?)
+        }
+        (None, None) => None,
+    };
     Ok(Input {
         path: args.input.clone(),
         options: InputOptions {
             delimiter,
+            encoding,
             columns,
             defaults: file.defaults.unwrap_or_default(),
         },

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use csv::ByteRecord;
@@ -74,6 +74,8 @@ impl Default for Flags {
 
 const MAX_ID: usize = 128;
 const DEPT_RULE: &str = "must be 1-128 characters of A-Z a-z 0-9 - _";
+/// Excel's "CSV" on Windows is windows-1252; its "CSV UTF-8" is what is read by default.
+const NOT_UTF8: &str = "not valid UTF-8: if the file was saved as Excel's \"CSV\" rather than \"CSV UTF-8\", run again with --encoding windows-1252 (or the encoding it was saved in)";
 const BOOL_RULE: &str = "not a yes/no value (true/false, yes/no, y/n, 1/0, on/off, t/f)";
 
 /// A department id that is a safe single URL path segment: 1-128 chars of A-Z a-z 0-9 - _ only.
@@ -202,6 +204,8 @@ pub struct Record {
 pub struct InputOptions {
     /// None = sniff from the header line.
     pub delimiter: Option<u8>,
+    /// `--encoding`: None = UTF-8, or UTF-16 when the file starts with its BOM.
+    pub encoding: Option<&'static encoding_rs::Encoding>,
     /// Config `[columns]`: canonical column -> header name in the file (compared normalised).
     pub columns: HashMap<Column, String>,
     pub defaults: Flags,
@@ -337,6 +341,8 @@ const BOM: &[u8] = b"\xef\xbb\xbf";
 const BUF: usize = if cfg!(test) { 7 } else { 64 * 1024 };
 
 pub struct InputReader {
+    /// The UTF-8 text of an input in another encoding, read in its place (see [`decode`]).
+    _decoded: Option<tempfile::NamedTempFile>,
     path: PathBuf,
     rdr: csv::Reader<Tail<File>>,
     /// The same file, for reading a record again (see `check_quotes`).
@@ -369,7 +375,14 @@ impl InputReader {
                 path: path.to_owned(),
             });
         }
-        let again = File::open(path).map_err(io_err)?;
+        let decoded = decode(&mut file, opts.encoding).map_err(io_err)?;
+        let again = match &decoded {
+            Some(utf8) => {
+                file = utf8.reopen().map_err(io_err)?;
+                utf8.reopen().map_err(io_err)?
+            }
+            None => File::open(path).map_err(io_err)?,
+        };
         let (had_bom, sniffed) = sniff(&mut file).map_err(io_err)?;
         // The BOM is skipped here rather than left to csv-core, which only strips it when
         // its first buffer happens to hold all three bytes.
@@ -389,6 +402,7 @@ impl InputReader {
             .buffer_capacity(BUF)
             .from_reader(tail);
         let mut me = InputReader {
+            _decoded: decoded,
             path: path.to_owned(),
             rdr,
             again,
@@ -674,8 +688,7 @@ impl InputReader {
                 reason,
             )
         };
-        let text =
-            |i: usize| std::str::from_utf8(&raw[i]).map_err(|_| invalid(i, "not valid UTF-8"));
+        let text = |i: usize| std::str::from_utf8(&raw[i]).map_err(|_| invalid(i, NOT_UTF8));
         let (d, v) = (self.index[0].unwrap_or(0), self.index[1].unwrap_or(0));
         let department = DepartmentUuid::parse(text(d)?).map_err(|r| invalid(d, &r))?;
         let invoice = InvoiceGuid::parse(text(v)?).map_err(|r| invalid(v, &r))?;
@@ -701,6 +714,34 @@ impl InputReader {
             flags,
         })
     }
+}
+
+/// An input in another encoding than UTF-8 (UTF-16 by its BOM, or `--encoding`), decoded
+/// into a private temporary file of UTF-8 with a BOM that is read in its place: each pass
+/// over the input (the results are rendered by reading it again) reads the same text, line
+/// for line, and the results keep the BOM, so Excel opens them as UTF-8. None: the file
+/// is UTF-8 (or says so with its BOM) and is read as it is.
+fn decode(
+    file: &mut File,
+    wanted: Option<&'static encoding_rs::Encoding>,
+) -> io::Result<Option<tempfile::NamedTempFile>> {
+    let mut start = [0u8; 3];
+    let n = file.read(&mut start)?;
+    file.seek(SeekFrom::Start(0))?;
+    let bom = encoding_rs::Encoding::for_bom(&start[..n]).map(|(e, _)| e);
+    let encoding = match (bom, wanted) {
+        (Some(e), _) if e != encoding_rs::UTF_8 => e,
+        (None, Some(e)) if e != encoding_rs::UTF_8 => e,
+        _ => return Ok(None),
+    };
+    let mut text = encoding_rs_io::DecodeReaderBytesBuilder::new()
+        .encoding(Some(encoding))
+        .build(&mut *file);
+    let mut utf8 = tempfile::NamedTempFile::new()?;
+    utf8.write_all(BOM)?;
+    io::copy(&mut text, &mut utf8)?;
+    utf8.flush()?;
+    Ok(Some(utf8))
 }
 
 /// A line of only whitespace; csv-core already drops truly empty lines.

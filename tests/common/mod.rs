@@ -257,7 +257,10 @@ impl World {
 
     /// Collects a finished process's output, results and summary.
     pub fn finish(&self, out: std::process::Output) -> Run {
-        let results_text = std::fs::read_to_string(self.path("results.csv")).unwrap_or_default();
+        // Lossy: an input in another encoding is carried into the results byte for byte.
+        let results_text = std::fs::read(self.path("results.csv"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let summary = std::fs::read(self.path("summary.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
