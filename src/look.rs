@@ -206,6 +206,9 @@ fn export(ledger: &Location, run: RunId, out: Option<&Path>) -> Result<u8> {
         );
     };
     let n = match out {
+        Some(path) if results::workbook::wanted(path) => {
+            results::export_workbook(store.as_mut(), &record, path)?
+        }
         Some(path) => {
             let mut file = std::io::BufWriter::new(
                 std::fs::File::create(path)

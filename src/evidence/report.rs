@@ -164,7 +164,7 @@ table.cards td{display:flex;gap:.6em;border:0;padding:2px 0;min-width:0;text-ali
 table.cards td::before{content:attr(data-label);flex:0 0 6.5em;color:#666;font-family:system-ui,sans-serif;font-size:.9em}}
 ";
 
-fn colour(status: Status) -> &'static str {
+pub fn colour(status: Status) -> &'static str {
     match status {
         Status::Sent => "#2e7d32",
         Status::Partial => "#f9a825",

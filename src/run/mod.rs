@@ -97,7 +97,7 @@ fn send(mut config: Send, engine: &Engine, store: Option<Box<dyn Store>>) -> Res
     let run = store.begin(&info, &config.policy, clock.now())?;
     let pinger = config.evidence.ping.clone().map(Pinger::new);
     let mut served = sending(&config, engine, store, pinger.as_ref())?;
-    let rendered = write_results(&config, engine, &mut served, run)?;
+    let rendered = write_results(&config, engine, &mut served, (run, info.started))?;
     let stop = engine.shared.stopper.reason().cloned();
     let code = exit_code(&rendered.counts, stop.as_ref());
     if served.failed.is_none() {
@@ -134,10 +134,11 @@ fn write_results(
     config: &Send,
     engine: &Engine,
     served: &mut Served,
-    run: RunId,
+    (run, started): (RunId, chrono::DateTime<chrono::Utc>),
 ) -> Result<Rendered> {
     let (input, now) = (&config.input, engine.shared.clock.now());
     let stop = engine.shared.stopper.reason().cloned();
+    let about = summary::about(config, run, (started, now), stop.clone());
     let unsent = stop.as_ref().map_or(
         "not sent: the run ended early".into(),
         StopReason::not_sent_message,
@@ -153,6 +154,7 @@ fn write_results(
             &mut rows,
             &config.out,
             &missing,
+            &about,
         );
     }
     let unrecorded = engine.shared.unrecorded.lock().unwrap().split_off(0);
@@ -182,6 +184,7 @@ fn write_results(
         &mut rows,
         &config.out,
         &missing,
+        &about,
     );
     rendered.or_else(|e| {
         tracing::warn!("the ledger cannot be read back ({e:#}); the results say what this run kept");
@@ -195,7 +198,7 @@ fn write_results(
             kept.sort_by_key(|(seq, _)| *seq);
             kept.into_iter().try_for_each(|(seq, outcome)| f(ledger::ResultRow::kept(seq, outcome)))
         };
-        results::render(&input.path, &input.options, &mut rows, &config.out, &unread)
+        results::render(&input.path, &input.options, &mut rows, &config.out, &unread, &about)
     })
 }
 

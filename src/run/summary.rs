@@ -144,6 +144,45 @@ impl Summary {
     }
 }
 
+/// The Summary sheet of a results workbook, given the counts the results add up to.
+pub(super) fn about(
+    config: &Send,
+    run: RunId,
+    (started, now): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+    stop: Option<StopReason>,
+) -> impl Fn(&Counts) -> Vec<(String, String)> {
+    let target = match &config.target {
+        Target::Simulator => format!(
+            "built-in simulator ({}): nothing reached myKaarma",
+            config.client.base_url
+        ),
+        Target::Url(url) => url.clone(),
+    };
+    let ledger = config.ledger.describe();
+    let ms = (now - started).num_milliseconds().max(0) as u64;
+    let took = humantime::format_duration(std::time::Duration::from_millis(ms));
+    let mut head = vec![
+        ("run".to_string(), run.to_string()),
+        ("target".into(), target),
+        ("started".into(), crate::domain::rfc3339(started)),
+        ("duration".into(), took.to_string()),
+    ];
+    if let Some(stop) = &stop {
+        head.push(("stopped".into(), stop.describe()));
+    }
+    move |counts: &Counts| {
+        let mut lines = head.clone();
+        for status in crate::domain::Status::ALL {
+            lines.push((status.as_str().to_string(), counts.get(status).to_string()));
+        }
+        let code = crate::domain::exit_code(counts, stop.as_ref());
+        lines.push(("exit code".into(), code.to_string()));
+        lines.push(("ledger".into(), ledger.clone()));
+        lines.push(("version".into(), env!("CARGO_PKG_VERSION").to_string()));
+        lines
+    }
+}
+
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }

@@ -15,7 +15,9 @@ use crate::domain::{rfc3339, Counts, Outcome, RunId, SkipKind};
 use crate::evidence::{clip, AttentionRow};
 use crate::files::replace_atomically;
 use crate::input::{InputOptions, InputReader, Record};
-use crate::ledger::{ResultRow, Store};
+use crate::ledger::{ResultRow, RunRecord, Store};
+
+pub mod workbook;
 
 pub const COLUMNS: [&str; 11] = [
     "status",
@@ -97,41 +99,92 @@ fn cells(o: &Outcome) -> [String; 11] {
 /// in row order.
 pub type Rows<'a> = &'a mut dyn FnMut(&mut dyn FnMut(ResultRow) -> Result<()>) -> Result<()>;
 
-/// Renders the run's `rows` beside the input to `out`, replacing it atomically. `missing`
-/// is what a row that `rows` does not have says (the run stopped before reading it).
+/// The Summary sheet of a results workbook, from the run's counts: (label, value) lines.
+pub type About<'a> = &'a dyn Fn(&Counts) -> Vec<(String, String)>;
+
+/// Renders the run's `rows` beside the input to `out`, replacing it atomically: a CSV, or a
+/// workbook when `out` ends in `.xlsx` (its Summary sheet from `about`). `missing` is what
+/// a row that `rows` does not have says (the run stopped before reading it).
 pub fn render(
     input: &Path,
     options: &InputOptions,
     rows: Rows,
     out: &Path,
     missing: &Outcome,
+    about: About,
 ) -> Result<Rendered> {
     let mut reader = InputReader::open(input, options)?;
     let mut rendered = Rendered::default();
+    let header = header_row(reader.headers());
+    if workbook::wanted(out) {
+        let mut sink = workbook::Sink::new(&header, reader.headers().len())?;
+        merge(input, &mut reader, &mut sink, &mut rendered, rows, missing)?;
+        let summary = about(&rendered.counts);
+        replace_atomically(out, "the results", 0o600, |file| {
+            sink.finish(&summary, file)
+        })?;
+        return Ok(rendered);
+    }
     replace_atomically(out, "the results", 0o600, |file| {
         if reader.had_bom() {
             // Excel reads a BOM-less CSV as the local code page; keep what the input had.
             file.write_all(b"\xEF\xBB\xBF")?;
         }
-        let mut writer = csv::WriterBuilder::new()
-            .delimiter(reader.delimiter())
-            .from_writer(file);
-        let header = header_row(reader.headers());
-        writer.write_byte_record(&header)?;
-        let mut merge = Merge {
-            input,
-            reader: &mut reader,
-            writer: &mut writer,
-            rendered: &mut rendered,
-            raw: ByteRecord::new(),
+        let mut sink = CsvSink {
+            writer: csv::WriterBuilder::new()
+                .delimiter(reader.delimiter())
+                .from_writer(file),
             row: ByteRecord::new(),
         };
-        rows(&mut |r| merge.ledger_row(r, missing))?;
-        merge.rest(missing)?;
-        writer.flush()?;
+        sink.writer.write_byte_record(&header)?;
+        merge(input, &mut reader, &mut sink, &mut rendered, rows, missing)?;
+        sink.writer.flush()?;
         Ok(())
     })?;
     Ok(rendered)
+}
+
+/// Every input record, with its row from `rows` or `missing`, into `sink`.
+fn merge(
+    input: &Path,
+    reader: &mut InputReader,
+    sink: &mut dyn Sink,
+    rendered: &mut Rendered,
+    rows: Rows,
+    missing: &Outcome,
+) -> Result<()> {
+    let mut merge = Merge {
+        input,
+        reader,
+        sink,
+        rendered,
+        raw: ByteRecord::new(),
+        cells: ByteRecord::new(),
+    };
+    rows(&mut |r| merge.ledger_row(r, missing))?;
+    merge.rest(missing)
+}
+
+/// Where rendered rows go: a CSV, or the Results sheet of a workbook.
+trait Sink {
+    /// One row: the input's cells (as wide as its header) and the row's outcome.
+    fn row(&mut self, input: &ByteRecord, outcome: &Outcome) -> Result<()>;
+}
+
+struct CsvSink<W: Write> {
+    writer: csv::Writer<W>,
+    row: ByteRecord,
+}
+
+impl<W: Write> Sink for CsvSink<W> {
+    fn row(&mut self, input: &ByteRecord, o: &Outcome) -> Result<()> {
+        self.row.clone_from(input);
+        for cell in cells(o) {
+            self.row.push_field(cell.as_bytes());
+        }
+        self.writer.write_byte_record(&self.row)?;
+        Ok(())
+    }
 }
 
 /// The input's header with the result columns after it; prefixed `dispatch_` when an input
@@ -154,16 +207,16 @@ fn header_row(headers: &ByteRecord) -> ByteRecord {
 }
 
 /// The input's records merged with the ledger's rows, both by row number.
-struct Merge<'a, W: Write> {
+struct Merge<'a> {
     input: &'a Path,
     reader: &'a mut InputReader,
-    writer: &'a mut csv::Writer<W>,
+    sink: &'a mut dyn Sink,
     rendered: &'a mut Rendered,
     raw: ByteRecord,
-    row: ByteRecord,
+    cells: ByteRecord,
 }
 
-impl<W: Write> Merge<'_, W> {
+impl Merge<'_> {
     fn changed(&self) -> anyhow::Error {
         anyhow::anyhow!(
             "{} changed during the run: its rows no longer match what was sent; the outcomes are in the ledger, rerun the same command on the original file to write the results",
@@ -210,19 +263,16 @@ impl<W: Write> Merge<'_, W> {
 
     fn write(&mut self, record: &Record, o: &Outcome) -> Result<()> {
         let width = self.reader.headers().len();
-        self.row.clear();
+        self.cells.clear();
         // Extra cells beyond the header width (an invalid row) would shift the result
         // columns; the row's message says how many there were.
         for cell in self.raw.iter().take(width) {
-            self.row.push_field(cell);
+            self.cells.push_field(cell);
         }
         for _ in self.raw.len()..width {
-            self.row.push_field(b"");
+            self.cells.push_field(b"");
         }
-        for cell in cells(o) {
-            self.row.push_field(cell.as_bytes());
-        }
-        self.writer.write_byte_record(&self.row)?;
+        self.sink.row(&self.cells, o)?;
         let columns = self.reader.key_columns();
         self.rendered.add(record, &self.raw, o, columns);
         Ok(())
@@ -250,6 +300,45 @@ pub fn export(store: &mut dyn Store, run: RunId, out: &mut dyn Write) -> Result<
         Ok(())
     })?;
     writer.flush()?;
+    Ok(n)
+}
+
+/// `export --out FILE.xlsx`: the same rows as [`export`], as a workbook with the run's
+/// record on its Summary sheet, replaced atomically. Returns the number of rows.
+pub fn export_workbook(store: &mut dyn Store, record: &RunRecord, out: &Path) -> Result<u64> {
+    let mut header = ByteRecord::from(vec!["line", "department_uuid", "invoice_guid"]);
+    for c in COLUMNS {
+        header.push_field(c.as_bytes());
+    }
+    let mut sink = workbook::Sink::new(&header, 3)?;
+    let mut n = 0;
+    let run = RunId::parse(&record.id).unwrap_or(RunId(0));
+    store.results(run, &mut |r| {
+        let (dept, invoice) = r.key.unwrap_or_default();
+        let line = r.line.to_string();
+        let cells = ByteRecord::from(vec![line.as_str(), dept.as_str(), invoice.as_str()]);
+        n += 1;
+        Sink::row(&mut sink, &cells, &r.outcome)
+    })?;
+    let mut summary = vec![
+        ("run".to_string(), record.id.clone()),
+        ("target".into(), record.target.clone()),
+        ("input".into(), record.input.clone()),
+        ("started".into(), rfc3339(record.started)),
+        ("state".into(), record.state.clone()),
+        (
+            "exit code".into(),
+            record.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+        ),
+    ];
+    for status in crate::domain::Status::ALL {
+        summary.push((
+            status.as_str().into(),
+            record.counts.get(status).to_string(),
+        ));
+    }
+    summary.push(("version".into(), env!("CARGO_PKG_VERSION").into()));
+    replace_atomically(out, "the export", 0o600, |file| sink.finish(&summary, file))?;
     Ok(n)
 }
 
