@@ -50,7 +50,7 @@ pub enum Command {
 
 #[derive(Args, Debug, Default)]
 pub struct InputArgs {
-    /// The invoices CSV.
+    /// The invoices: a CSV, or a workbook (.xlsx, .xlsm, .xls, .ods).
     pub input: PathBuf,
     /// Config file (TOML); see config.example.toml.
     #[arg(long, env = "INVOICE_DISPATCH_CONFIG", value_name = "PATH")]
@@ -62,6 +62,9 @@ pub struct InputArgs {
     /// Windows, utf-16le... Default: UTF-8, or UTF-16 when the file starts with its BOM.
     #[arg(long, value_name = "LABEL", value_parser = parse_encoding)]
     pub encoding: Option<&'static encoding_rs::Encoding>,
+    /// A workbook's sheet, by name or number (1 is the first). Default: the first.
+    #[arg(long, value_name = "NAME|N")]
+    pub sheet: Option<String>,
 }
 
 #[derive(Args, Debug, Default)]

@@ -339,6 +339,7 @@ fn input(args: &InputArgs, file: &FileConfig) -> Result<Input> {
         path: args.input.clone(),
         options: InputOptions {
             delimiter,
+            sheet: args.sheet.clone(),
             encoding,
             columns,
             defaults: file.defaults.unwrap_or_default(),
@@ -563,13 +564,19 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// `INPUT.results.csv` beside the input (`invoices.csv` -> `invoices.results.csv`).
+/// `INPUT.results.csv` beside the input (`invoices.csv` -> `invoices.results.csv`), or
+/// `INPUT.results.xlsx` for a workbook (recognised by content, as it is read).
 pub fn default_out(input: &Path) -> PathBuf {
     let stem = input
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "input".into());
-    input.with_file_name(format!("{stem}.results.csv"))
+    let workbook = !matches!(
+        crate::input::workbook::kind(input),
+        Ok(crate::input::workbook::Kind::Csv) | Err(_)
+    );
+    let extension = if workbook { "xlsx" } else { "csv" };
+    input.with_file_name(format!("{stem}.results.{extension}"))
 }
 
 fn default_ledger_path() -> Result<PathBuf> {

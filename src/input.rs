@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use csv::ByteRecord;
@@ -138,6 +138,10 @@ pub struct Invalid {
     /// At most 40 chars of the cell (then "…"), escaped: cells are hostile and end up in terminals.
     pub value: String,
     pub reason: String,
+    /// The cell's column index, when the problem is one cell's.
+    pub index: Option<usize>,
+    /// The cell the spreadsheet way (`C7`), for a workbook.
+    pub cell: Option<String>,
 }
 
 impl Invalid {
@@ -147,13 +151,26 @@ impl Invalid {
             column,
             value,
             reason: reason.into(),
+            index: None,
+            cell: None,
         }
+    }
+
+    /// Says which column's cell it is.
+    fn at(mut self, index: usize) -> Self {
+        self.index = Some(index);
+        self
     }
 
     pub fn message(&self, line: u64) -> String {
         let column = escape(&self.column, usize::MAX);
+        let cell = self
+            .cell
+            .as_ref()
+            .map(|c| format!(" (cell {c})"))
+            .unwrap_or_default();
         format!(
-            "line {line}, column \"{column}\", value \"{}\": {}",
+            "line {line}{cell}, column \"{column}\", value \"{}\": {}",
             self.value, self.reason
         )
     }
@@ -204,6 +221,8 @@ pub struct Record {
 pub struct InputOptions {
     /// None = sniff from the header line.
     pub delimiter: Option<u8>,
+    /// `--sheet`: a workbook's sheet by name or 1-based number; None = the first.
+    pub sheet: Option<String>,
     /// `--encoding`: None = UTF-8, or UTF-16 when the file starts with its BOM.
     pub encoding: Option<&'static encoding_rs::Encoding>,
     /// Config `[columns]`: canonical column -> header name in the file (compared normalised).
@@ -216,6 +235,8 @@ pub enum InputError {
     // Not called `source`: the reason is in the message, and a source would print it twice.
     #[error("cannot read {}: {error}", path.display())]
     Io { path: PathBuf, error: io::Error },
+    #[error("cannot read {}: {what}", path.display())]
+    Refused { path: PathBuf, what: String },
     #[error("{}: not a regular file (a folder or a pipe?); the input is read more than once, so save it to a file first", path.display())]
     NotAFile { path: PathBuf },
     #[error("{}: the file is empty (no header line)", path.display())]
@@ -253,96 +274,11 @@ pub enum InputError {
     },
 }
 
-/// What [`scan_quotes`] found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Quotes {
-    Fine,
-    /// A quoted cell's closing quote is followed by something other than a delimiter or a
-    /// line end: the quote that opened it was most likely a stray one.
-    StrayClose,
-    /// The file ends inside a quoted cell.
-    NeverClosed,
-}
-
-/// Checks one record as it is in the file: every quoted cell must close right before a
-/// delimiter, a line end or the end of the file (a doubled quote inside is one quote).
-fn scan_quotes(bytes: &[u8], delimiter: u8) -> Quotes {
-    #[derive(Clone, Copy)]
-    enum At {
-        CellStart,
-        Unquoted,
-        Quoted,
-        QuoteInQuoted,
-    }
-    let ends_cell = |b: u8| b == delimiter || b == b'\n' || b == b'\r';
-    let mut at = At::CellStart;
-    for &b in bytes {
-        at = match at {
-            At::CellStart if b == b'"' => At::Quoted,
-            At::CellStart | At::Unquoted if ends_cell(b) => At::CellStart,
-            At::CellStart | At::Unquoted => At::Unquoted,
-            At::Quoted if b == b'"' => At::QuoteInQuoted,
-            At::Quoted => At::Quoted,
-            At::QuoteInQuoted if b == b'"' => At::Quoted,
-            At::QuoteInQuoted if ends_cell(b) => At::CellStart,
-            At::QuoteInQuoted => return Quotes::StrayClose,
-        };
-    }
-    match at {
-        At::Quoted => Quotes::NeverClosed,
-        _ => Quotes::Fine,
-    }
-}
-
-/// Only a record with a line break inside a cell can have swallowed other lines.
-fn has_line_break(raw: &ByteRecord) -> bool {
-    raw.as_slice().iter().any(|&b| b == b'\n' || b == b'\r')
-}
-
-/// Keeps the last two chunks handed to csv, so the byte before the parser's position can be
-/// looked up. csv's own record line points at any blank lines skipped before the record (and
-/// at the pending LF of a CRLF), so the start line is computed backwards from the record's end.
-struct Tail<R> {
-    inner: R,
-    delivered: u64,
-    cur: Vec<u8>,
-    prev: Vec<u8>,
-}
-
-impl<R: Read> Read for Tail<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n > 0 {
-            std::mem::swap(&mut self.cur, &mut self.prev);
-            self.cur.clear();
-            self.cur.extend_from_slice(&buf[..n]);
-            self.delivered += n as u64;
-        }
-        Ok(n)
-    }
-}
-
-impl<R> Tail<R> {
-    fn byte_at(&self, pos: u64) -> Option<u8> {
-        let cur_start = self.delivered - self.cur.len() as u64;
-        let prev_start = cur_start - self.prev.len() as u64;
-        match pos.checked_sub(cur_start) {
-            Some(off) => self.cur.get(off as usize).copied(),
-            None => self
-                .prev
-                .get(pos.checked_sub(prev_start)? as usize)
-                .copied(),
-        }
-    }
-}
-
-const BOM: &[u8] = b"\xef\xbb\xbf";
-/// Tiny under test so every test crosses many chunk boundaries in `Tail`.
-const BUF: usize = if cfg!(test) { 7 } else { 64 * 1024 };
-
 pub struct InputReader {
     /// The UTF-8 text of an input in another encoding, read in its place (see [`decode`]).
     _decoded: Option<tempfile::NamedTempFile>,
+    /// For a workbook: the sheet that was turned into the text read (see `workbook`).
+    sheet: Option<workbook::Sheet>,
     path: PathBuf,
     rdr: csv::Reader<Tail<File>>,
     /// The same file, for reading a record again (see `check_quotes`).
@@ -375,7 +311,18 @@ impl InputReader {
                 path: path.to_owned(),
             });
         }
-        let decoded = decode(&mut file, opts.encoding).map_err(io_err)?;
+        let refused = |what| InputError::Refused {
+            path: path.to_owned(),
+            what,
+        };
+        let (decoded, sheet) = match workbook::kind(path).map_err(refused)? {
+            workbook::Kind::Csv => (decode(&mut file, opts.encoding).map_err(io_err)?, None),
+            kind => {
+                let converted = workbook::convert(path, kind, opts.sheet.as_deref());
+                let (csv, sheet) = converted.map_err(refused)?.split();
+                (Some(csv), Some(sheet))
+            }
+        };
         let again = match &decoded {
             Some(utf8) => {
                 file = utf8.reopen().map_err(io_err)?;
@@ -389,12 +336,7 @@ impl InputReader {
         file.seek(SeekFrom::Start(if had_bom { 3 } else { 0 }))
             .map_err(io_err)?;
         let delimiter = opts.delimiter.unwrap_or(sniffed);
-        let tail = Tail {
-            inner: file,
-            delivered: 0,
-            cur: Vec::new(),
-            prev: Vec::new(),
-        };
+        let tail = Tail::new(file);
         let rdr = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .has_headers(false)
@@ -403,6 +345,7 @@ impl InputReader {
             .from_reader(tail);
         let mut me = InputReader {
             _decoded: decoded,
+            sheet,
             path: path.to_owned(),
             rdr,
             again,
@@ -510,6 +453,31 @@ impl InputReader {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The sheet read, for a workbook.
+    pub fn sheet(&self) -> Option<&str> {
+        self.sheet.as_ref().map(|s| s.name.as_str())
+    }
+
+    /// What a person should know of how the input was read (numbers in an ID column).
+    pub fn notes(&self) -> Vec<String> {
+        let Some(sheet) = &self.sheet else {
+            return Vec::new();
+        };
+        let (d, v) = self.key_columns();
+        [d, v]
+            .into_iter()
+            .filter(|i| sheet.numeric.get(*i).copied().unwrap_or(false))
+            .map(|i| {
+                format!(
+                    "{}, sheet {:?}: column {:?} holds numbers, read as their digits: leading zeros the sheet showed are gone (format the column as text to keep them)",
+                    self.path.display(),
+                    sheet.name,
+                    String::from_utf8_lossy(&self.headers[i])
+                )
+            })
+            .collect()
     }
 
     /// Header indexes of the department and invoice columns.
@@ -676,17 +644,18 @@ impl InputReader {
                     swallowed.map_or(Ok(request), Err)
                 })
             };
+            let (line, parsed) = match &self.sheet {
+                Some(sheet) => sheet.record(seq, parsed, raw, (&self.index, &self.headers)),
+                None => (line, parsed),
+            };
             return Ok(Some(Record { seq, line, parsed }));
         }
     }
 
     fn parse(&self, raw: &ByteRecord) -> Result<Request, Invalid> {
         let invalid = |i: usize, reason: &str| {
-            Invalid::new(
-                String::from_utf8_lossy(&self.headers[i]).into_owned(),
-                &raw[i],
-                reason,
-            )
+            let column = String::from_utf8_lossy(&self.headers[i]).into_owned();
+            Invalid::new(column, &raw[i], reason).at(i)
         };
         let text = |i: usize| std::str::from_utf8(&raw[i]).map_err(|_| invalid(i, NOT_UTF8));
         let (d, v) = (self.index[0].unwrap_or(0), self.index[1].unwrap_or(0));
@@ -716,85 +685,6 @@ impl InputReader {
     }
 }
 
-/// An input in another encoding than UTF-8 (UTF-16 by its BOM, or `--encoding`), decoded
-/// into a private temporary file of UTF-8 with a BOM that is read in its place: each pass
-/// over the input (the results are rendered by reading it again) reads the same text, line
-/// for line, and the results keep the BOM, so Excel opens them as UTF-8. None: the file
-/// is UTF-8 (or says so with its BOM) and is read as it is.
-fn decode(
-    file: &mut File,
-    wanted: Option<&'static encoding_rs::Encoding>,
-) -> io::Result<Option<tempfile::NamedTempFile>> {
-    let mut start = [0u8; 3];
-    let n = file.read(&mut start)?;
-    file.seek(SeekFrom::Start(0))?;
-    let bom = encoding_rs::Encoding::for_bom(&start[..n]).map(|(e, _)| e);
-    let encoding = match (bom, wanted) {
-        (Some(e), _) if e != encoding_rs::UTF_8 => e,
-        (None, Some(e)) if e != encoding_rs::UTF_8 => e,
-        _ => return Ok(None),
-    };
-    let mut text = encoding_rs_io::DecodeReaderBytesBuilder::new()
-        .encoding(Some(encoding))
-        .build(&mut *file);
-    let mut utf8 = tempfile::NamedTempFile::new()?;
-    utf8.write_all(BOM)?;
-    io::copy(&mut text, &mut utf8)?;
-    utf8.flush()?;
-    Ok(Some(utf8))
-}
-
-/// A line of only whitespace; csv-core already drops truly empty lines.
-fn is_blank(raw: &ByteRecord) -> bool {
-    raw.len() == 1 && raw[0].trim_ascii().is_empty()
-}
-
-/// Returns (BOM present, delimiter) from the first non-blank line: the most frequent of
-/// `,` `;` tab outside double quotes; ties or none mean comma. Reads at most ~1 MiB.
-fn sniff(file: &mut File) -> io::Result<(bool, u8)> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut counts, mut quoted, mut content, mut bom) = ([0usize; 3], false, false, false);
-    let mut first = true;
-    'chunks: for _ in 0..16 {
-        let mut n = 0;
-        while n < buf.len() {
-            match file.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let mut chunk = &buf[..n];
-        if std::mem::take(&mut first) && chunk.starts_with(BOM) {
-            bom = true;
-            chunk = &chunk[3..];
-        }
-        for &b in chunk {
-            match b {
-                b'"' => quoted = !quoted,
-                b'\n' | b'\r' if !quoted && content => break 'chunks,
-                b'\n' | b'\r' if !quoted => counts = [0; 3],
-                _ if quoted => {}
-                b',' => counts[0] += 1,
-                b';' => counts[1] += 1,
-                b'\t' => counts[2] += 1,
-                _ => {}
-            }
-            content |= !b.is_ascii_whitespace();
-        }
-        if n < buf.len() {
-            break;
-        }
-    }
-    let max = counts.into_iter().max().unwrap_or(0);
-    let delimiter = match counts.iter().filter(|&&c| c == max).count() {
-        1 if max > 0 => [b',', b';', b'\t'][counts.iter().position(|&c| c == max).unwrap_or(0)],
-        _ => b',',
-    };
-    Ok((bom, delimiter))
-}
-
 /// Lower-case, ASCII letters and digits only: "Department UUID" == "departmentUuid" == "department_uuid".
 pub fn normalize_header(h: &[u8]) -> String {
     h.iter()
@@ -821,7 +711,11 @@ pub fn parse_bool(s: &str) -> Result<Option<bool>, ()> {
 }
 
 pub mod seen;
+mod text;
+pub mod workbook;
+
 pub use seen::Seen;
+use text::{decode, has_line_break, is_blank, scan_quotes, sniff, Quotes, Tail, BUF};
 
 #[cfg(test)]
 mod tests;

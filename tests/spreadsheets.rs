@@ -191,3 +191,143 @@ async fn a_results_workbook_holds_what_the_csv_holds_with_real_links_dates_and_n
         "sent and invalid fills"
     );
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The Results sheet of a results workbook, as header -> text per row.
+fn workbook_rows(path: &std::path::Path) -> Vec<std::collections::HashMap<String, String>> {
+    use calamine::Reader;
+    let mut book = calamine::open_workbook_auto(path).unwrap();
+    let sheet = book.worksheet_range("Results").unwrap();
+    let mut rows = sheet.rows();
+    let header: Vec<String> = rows.next().unwrap().iter().map(|c| c.to_string()).collect();
+    rows.map(|r| {
+        header
+            .iter()
+            .cloned()
+            .zip(r.iter().map(|c| c.to_string()))
+            .collect()
+    })
+    .collect()
+}
+
+/// `send INPUT` to the world's simulator and ledger, with the results where they fall by
+/// default (beside the input), and the summary JSON.
+async fn send_default_out(w: &World, input: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let out = w
+        .command()
+        .arg("send")
+        .arg(input)
+        .args(["--base-url", &w.sim.base_url(), "--ledger"])
+        .arg(w.ledger())
+        .arg("--summary-json")
+        .arg(w.path("summary.json"))
+        .arg("--config")
+        .arg(w.fast_config(""))
+        .args(["--rate", "0", "--no-progress"])
+        .args(extra)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[tokio::test]
+async fn a_workbooks_cells_read_as_its_csv_export_would_and_its_results_are_a_workbook() {
+    let w = World::start().await;
+    let input = w.write("typed.xlsx", std::fs::read(fixture("typed.xlsx")).unwrap());
+    let (code, stderr) = send_default_out(&w, &input, &[]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("reading sheet \"Invoices\""), "{stderr}");
+    assert!(
+        stderr.contains("leading zeros"),
+        "numbers in an ID column are warned of: {stderr}"
+    );
+    for invoice in ["104200", "INV-3", "2026-12-01"] {
+        assert_eq!(
+            w.received(DEPT, invoice),
+            1,
+            "{invoice}: {:?}",
+            w.stats().by_invoice
+        );
+    }
+    assert_eq!(w.stats().total_requests, 3);
+    let stats = w.stats();
+    let body = stats
+        .recent
+        .iter()
+        .find(|r| r.body["invoiceGuid"] == "104200")
+        .unwrap();
+    assert_eq!(
+        (&body.body["sendAsText"], &body.body["sendAsEmail"]),
+        (&true.into(), &false.into())
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["sheet"], "Invoices");
+
+    let rows = workbook_rows(&w.path("typed.results.xlsx"));
+    let by_line: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["invoice_guid"].as_str(), r["status"].as_str()))
+        .collect();
+    assert_eq!(
+        by_line,
+        [
+            ("104200", "sent"),
+            ("INV-3", "sent"),
+            ("#REF!", "invalid"),
+            ("", "invalid"),
+            ("2026-12-01", "sent")
+        ]
+    );
+    assert_eq!(
+        (rows[0]["amount"].as_str(), rows[0]["due"].as_str()),
+        ("475.09", "2026-11-30")
+    );
+    assert_eq!(rows[0]["note"], "saved", "a formula's saved value");
+    assert_eq!(
+        rows[1]["note"], "#N/A",
+        "an error where no request looks is its text"
+    );
+    assert!(
+        rows[2]["message"].starts_with("line 4 (cell B4)"),
+        "{:?}",
+        rows[2]
+    );
+    assert!(rows[2]["message"].contains("#REF!"), "{:?}", rows[2]);
+    assert!(
+        rows[3]["message"].starts_with("line 5 (cell B5)"),
+        "{:?}",
+        rows[3]
+    );
+    assert!(
+        rows[3]["message"].contains("formula without a saved value"),
+        "{:?}",
+        rows[3]
+    );
+}
+
+#[tokio::test]
+async fn sheet_picks_a_sheet_by_name_or_number_and_a_wrong_one_lists_them() {
+    let w = World::start().await;
+    let input = w.write("typed.xlsx", std::fs::read(fixture("typed.xlsx")).unwrap());
+    for pick in ["Other", "2"] {
+        let run = w.send(&input, &["--sheet", pick, "--resend"]).await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(run.statuses(), ["sent"]);
+    }
+    assert_eq!(w.received(DEPT, "OTHER-1"), 2);
+    let wrong = w.send(&input, &["--sheet", "3"]).await;
+    assert_eq!(wrong.code, 1);
+    assert!(
+        wrong.stderr.contains("\"Invoices\", \"Other\""),
+        "{}",
+        wrong.stderr
+    );
+}

@@ -71,6 +71,7 @@ struct Counted {
 pub fn validate(input: &Input) -> Result<u8> {
     let mut stdout = std::io::stdout().lock();
     let name = input.path.display();
+    read_as(input)?;
     let counted = check(input, |entry| {
         match &entry.kind {
             EntryKind::Invalid(message) => writeln!(stdout, "{name}: invalid: {message}")?,
@@ -200,8 +201,9 @@ pub fn ask(config: &Send, clock: &Clock) -> Result<Option<u64>> {
 
 /// Fatal input problems (missing file, missing column) and unwritable outputs stop the run
 /// before anything else.
-pub fn preflight(config: &Send) -> Result<()> {
-    InputReader::open(&config.input.path, &config.input.options)?;
+/// The sheet read, for a workbook.
+pub fn preflight(config: &Send) -> Result<Option<String>> {
+    let sheet = read_as(&config.input)?;
     check_writable(&config.out, "results")?;
     if let Some(report) = &config.evidence.report {
         check_writable(report, "the report")?;
@@ -212,7 +214,24 @@ pub fn preflight(config: &Send) -> Result<()> {
     if let Some(summary) = &config.summary_json {
         check_writable(summary, "the summary JSON")?;
     }
-    Ok(())
+    Ok(sheet)
+}
+
+/// Opens the input to say how it is read: a workbook's sheet (read whole now, so that a
+/// hostile or broken one is refused before anything is sent) and what a person should
+/// know of it. The sheet's name, if any.
+pub fn read_as(input: &Input) -> Result<Option<String>> {
+    let mut reader = InputReader::open(&input.path, &input.options)?;
+    let Some(sheet) = reader.sheet().map(str::to_string) else {
+        return Ok(None);
+    };
+    tracing::info!("reading sheet {sheet:?} of {}", input.path.display());
+    for note in reader.notes() {
+        tracing::warn!("{note}");
+    }
+    let mut raw = csv::ByteRecord::new();
+    while reader.next_record(&mut raw)?.is_some() {}
+    Ok(Some(sheet))
 }
 
 /// Fails early, before anything is sent, if `path` cannot be written.

@@ -53,7 +53,7 @@ pub fn start(config: Send, clock: Clock) -> Result<Handle> {
 
 /// [`start`], on a ledger store the caller opened (tests wrap one to make it fail).
 pub fn start_on(config: Send, clock: Clock, store: Option<Box<dyn Store>>) -> Result<Handle> {
-    check::preflight(&config)?;
+    let sheet = check::preflight(&config)?;
     let overrides = crate::domain::test_overrides();
     if !overrides.is_empty() {
         tracing::warn!(
@@ -70,12 +70,16 @@ pub fn start_on(config: Send, clock: Clock, store: Option<Box<dyn Store>>) -> Re
             .enable_all()
             .build()
             .context("cannot start the run's async runtime")?;
-        send(config, &Engine { runtime, shared }, store)
+        send((config, sheet), &Engine { runtime, shared }, store)
     })
 }
 
 /// `send`, on the run's thread.
-fn send(mut config: Send, engine: &Engine, store: Option<Box<dyn Store>>) -> Result<Summary> {
+fn send(
+    (mut config, sheet): (Send, Option<String>),
+    engine: &Engine,
+    store: Option<Box<dyn Store>>,
+) -> Result<Summary> {
     let clock = engine.shared.clock;
     let simulator = start_target(&mut config, engine)?;
     if config.ledger == Location::Throwaway && config.target != Target::Simulator {
@@ -105,13 +109,14 @@ fn send(mut config: Send, engine: &Engine, store: Option<Box<dyn Store>>) -> Res
             tracing::warn!("could not close the run in the ledger: {e:#}");
         }
     }
-    let summary = Summary::of_send(
+    let mut summary = Summary::of_send(
         &config,
         &rendered,
         &engine.shared,
         started,
         (stop, code, run),
     );
+    summary.sheet = sheet;
     summary.write_json(config.summary_json.as_deref())?;
     let evidence = Evidence {
         config: &config,

@@ -37,6 +37,9 @@ pub struct Summary {
     pub exit_code: u8,
     pub run: Option<String>,
     pub results: Option<PathBuf>,
+    /// The sheet read, for a workbook input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sheet: Option<String>,
     pub ledger: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
@@ -62,6 +65,7 @@ impl Summary {
             exit_code,
             run: None,
             results: None,
+            sheet: None,
             ledger: None,
             stopped: None,
             test_overrides: crate::domain::test_overrides(),
@@ -96,6 +100,9 @@ impl Summary {
                 self.requests_per_second
             ),
         };
+        if let Some(sheet) = &self.sheet {
+            line = format!("sheet {sheet:?}: {line}");
+        }
         if self.paused_seconds > 0.0 {
             line.push_str(&format!("; paused {:.1}s", self.paused_seconds));
         }
