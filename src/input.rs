@@ -295,6 +295,49 @@ pub struct InputReader {
     departments: HashSet<String>,
 }
 
+/// The text to read, twice opened (see `check_quotes`): the file itself, or the UTF-8 it
+/// was decoded into, or the CSV a workbook's sheet was turned into, with what that
+/// cannot say.
+type Text = (
+    File,
+    File,
+    Option<tempfile::NamedTempFile>,
+    Option<workbook::Sheet>,
+);
+
+fn text_of(path: &Path, opts: &InputOptions) -> Result<Text, InputError> {
+    let io_err = |error| InputError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    let mut file = File::open(path).map_err(io_err)?;
+    if !file.metadata().map_err(io_err)?.is_file() {
+        return Err(InputError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let refused = |what| InputError::Refused {
+        path: path.to_owned(),
+        what,
+    };
+    let (decoded, sheet) = match workbook::kind(path).map_err(refused)? {
+        workbook::Kind::Csv => (decode(&mut file, opts.encoding).map_err(io_err)?, None),
+        kind => {
+            let converted = workbook::convert(path, kind, opts.sheet.as_deref());
+            let (csv, sheet) = converted.map_err(refused)?.split();
+            (Some(csv), Some(sheet))
+        }
+    };
+    let again = match &decoded {
+        Some(text) => {
+            file = text.reopen().map_err(io_err)?;
+            text.reopen().map_err(io_err)?
+        }
+        None => File::open(path).map_err(io_err)?,
+    };
+    Ok((file, again, decoded, sheet))
+}
+
 /// Enough for any real export; past it, swallowed rows are recognised by the departments
 /// already kept.
 const DEPARTMENTS_KEPT: usize = 10_000;
@@ -305,31 +348,7 @@ impl InputReader {
             path: path.to_owned(),
             error,
         };
-        let mut file = File::open(path).map_err(io_err)?;
-        if !file.metadata().map_err(io_err)?.is_file() {
-            return Err(InputError::NotAFile {
-                path: path.to_owned(),
-            });
-        }
-        let refused = |what| InputError::Refused {
-            path: path.to_owned(),
-            what,
-        };
-        let (decoded, sheet) = match workbook::kind(path).map_err(refused)? {
-            workbook::Kind::Csv => (decode(&mut file, opts.encoding).map_err(io_err)?, None),
-            kind => {
-                let converted = workbook::convert(path, kind, opts.sheet.as_deref());
-                let (csv, sheet) = converted.map_err(refused)?.split();
-                (Some(csv), Some(sheet))
-            }
-        };
-        let again = match &decoded {
-            Some(utf8) => {
-                file = utf8.reopen().map_err(io_err)?;
-                utf8.reopen().map_err(io_err)?
-            }
-            None => File::open(path).map_err(io_err)?,
-        };
+        let (mut file, again, decoded, sheet) = text_of(path, opts)?;
         let (had_bom, sniffed) = sniff(&mut file).map_err(io_err)?;
         // The BOM is skipped here rather than left to csv-core, which only strips it when
         // its first buffer happens to hold all three bytes.

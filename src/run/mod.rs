@@ -149,8 +149,8 @@ fn write_results(
         StopReason::not_sent_message,
     );
     let missing = Outcome::plain(Status::NotSent, unsent.clone(), now);
-    let store = &mut served.store;
     if served.failed.is_none() {
+        let store = &mut served.store;
         store.settle(&RunEnd { stop }, now)?;
         let mut rows = |f: &mut dyn FnMut(ledger::ResultRow) -> Result<()>| store.results(run, f);
         return results::render(
@@ -162,16 +162,8 @@ fn write_results(
             &about,
         );
     }
-    let unrecorded = engine.shared.unrecorded.lock().unwrap().split_off(0);
-    let mut kept: HashMap<u64, Outcome> = (served.kept.drain(..).chain(unrecorded))
-        .map(|(seq, mut outcome)| {
-            outcome.message = match outcome.message.as_str() {
-                "" => "the ledger could not record this outcome".into(),
-                m => format!("{m}; the ledger could not record this outcome"),
-            };
-            (seq, outcome)
-        })
-        .collect();
+    let mut kept = kept_outcomes(served.kept.drain(..), &engine.shared);
+    let store = &mut served.store;
     let mut rows = |f: &mut dyn FnMut(ledger::ResultRow) -> Result<()>| {
         store.results(run, &mut |mut row| {
             if let Some(outcome) = kept.remove(&row.seq) {
@@ -192,19 +184,60 @@ fn write_results(
         &about,
     );
     rendered.or_else(|e| {
-        tracing::warn!("the ledger cannot be read back ({e:#}); the results say what this run kept");
-        let unread = Outcome::plain(
-            Status::Unknown,
-            format!("the ledger failed and cannot be read back: this row's outcome is in it (`invoice-dispatch export {run}` once it is back)"),
-            now,
+        tracing::warn!(
+            "the ledger cannot be read back ({e:#}); the results say what this run kept"
         );
-        let mut rows = |f: &mut dyn FnMut(ledger::ResultRow) -> Result<()>| {
-            let mut kept: Vec<_> = kept.drain().collect();
-            kept.sort_by_key(|(seq, _)| *seq);
-            kept.into_iter().try_for_each(|(seq, outcome)| f(ledger::ResultRow::kept(seq, outcome)))
-        };
-        results::render(&input.path, &input.options, &mut rows, &config.out, &unread, &about)
+        render_kept(config, kept, (run, now), &about)
     })
+}
+
+/// The outcomes the ledger refused (the writer's, and the sending tasks'), saying so.
+fn kept_outcomes(
+    writer: impl Iterator<Item = (u64, Outcome)>,
+    shared: &Shared,
+) -> HashMap<u64, Outcome> {
+    let unrecorded = shared.unrecorded.lock().unwrap().split_off(0);
+    writer
+        .chain(unrecorded)
+        .map(|(seq, mut outcome)| {
+            outcome.message = match outcome.message.as_str() {
+                "" => "the ledger could not record this outcome".into(),
+                m => format!("{m}; the ledger could not record this outcome"),
+            };
+            (seq, outcome)
+        })
+        .collect()
+}
+
+/// The results from the outcomes the run kept alone, when the ledger cannot be read:
+/// every other row may have been sent, and says where its outcome is.
+fn render_kept(
+    config: &Send,
+    kept: HashMap<u64, Outcome>,
+    (run, now): (RunId, chrono::DateTime<chrono::Utc>),
+    about: results::About,
+) -> Result<Rendered> {
+    let unread = Outcome::plain(
+        Status::Unknown,
+        format!("the ledger failed and cannot be read back: this row's outcome is in it (`invoice-dispatch export {run}` once it is back)"),
+        now,
+    );
+    let mut kept: Vec<_> = kept.into_iter().collect();
+    kept.sort_by_key(|(seq, _)| *seq);
+    let mut rows = |f: &mut dyn FnMut(ledger::ResultRow) -> Result<()>| {
+        std::mem::take(&mut kept)
+            .into_iter()
+            .try_for_each(|(seq, outcome)| f(ledger::ResultRow::kept(seq, outcome)))
+    };
+    let input = &config.input;
+    results::render(
+        &input.path,
+        &input.options,
+        &mut rows,
+        &config.out,
+        &unread,
+        about,
+    )
 }
 
 /// The run while it sends: the send window, the ledger's writer, the reader and the
