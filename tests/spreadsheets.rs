@@ -331,3 +331,88 @@ async fn sheet_picks_a_sheet_by_name_or_number_and_a_wrong_one_lists_them() {
         wrong.stderr
     );
 }
+
+/// A zip of one part: `size` zero bytes, deflated at the fastest level (a zip bomb's shape).
+fn zip_of_zeros(path: &std::path::Path, size: u64) {
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .compression_level(Some(1))
+        .large_file(size > u32::MAX as u64);
+    zip.start_file("xl/worksheets/sheet1.xml", options).unwrap();
+    std::io::copy(&mut std::io::Read::take(std::io::repeat(0), size), &mut zip).unwrap();
+    zip.finish().unwrap();
+}
+
+/// The largest peak RSS of the children this test process has waited for, in MiB.
+fn children_peak_mib() -> u64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    usage.ru_maxrss as u64 / 1024
+}
+
+#[tokio::test]
+async fn hostile_workbooks_are_refused_before_any_request_saying_which() {
+    use std::io::Read;
+    let w = World::start().await;
+    let typed = std::fs::read(fixture("typed.xlsx")).unwrap();
+    zip_of_zeros(&w.path("bomb.xlsx"), (1 << 30) + (100 << 20));
+    w.write("truncated.xlsx", &typed[..typed.len() / 2]);
+    let random: Vec<u8> = (0..64 * 1024)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    w.write("random.xlsx", &random);
+    let mut encrypted = vec![0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
+    encrypted.extend(std::iter::repeat_n(0u8, 1024));
+    encrypted.extend("EncryptedPackage".encode_utf16().flat_map(u16::to_le_bytes));
+    w.write("locked.xlsx", &encrypted);
+    for (name, says) in [
+        ("bomb.xlsx", "zip bomb"),
+        ("truncated.xlsx", "truncated or damaged"),
+        ("random.xlsx", "binary data"),
+        ("locked.xlsx", "encrypted"),
+    ] {
+        let started = std::time::Instant::now();
+        let run = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            w.send(&w.path(name), &[]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name} took over 20 s"));
+        assert_eq!(run.code, 1, "{name}: {}", run.stderr);
+        assert!(run.stderr.contains(says), "{name}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(name),
+            "the file is named: {}",
+            run.stderr
+        );
+        assert_eq!(w.stats().total_requests, 0, "{name}");
+        assert!(started.elapsed().as_secs() < 20);
+    }
+    assert!(
+        children_peak_mib() < 300,
+        "peak RSS {} MiB",
+        children_peak_mib()
+    );
+
+    // Names do not decide: an .xlsx named .csv is a workbook, a CSV named .xlsx a CSV.
+    w.write("workbook.csv", &typed);
+    let run = w.send(&w.path("workbook.csv"), &["--dry-run"]).await;
+    assert!(
+        run.stderr.contains("reading sheet \"Invoices\""),
+        "{}",
+        run.stderr
+    );
+    let mut csv = String::new();
+    std::fs::File::open(sample_path("invoices.csv"))
+        .unwrap()
+        .read_to_string(&mut csv)
+        .unwrap();
+    w.write("text.xlsx", &csv);
+    let run = w.send(&w.path("text.xlsx"), &["--dry-run"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("reading sheet"), "{}", run.stderr);
+}

@@ -94,6 +94,7 @@ pub fn validate(input: &Input) -> Result<u8> {
 
 /// `send --dry-run`: `validate`, plus the request each valid row would make.
 pub fn dry_run(config: &DryRun, clock: &Clock) -> Result<Summary> {
+    read_as(&config.input)?;
     for plan in plans(config.window.as_ref(), config.skip_paid, clock) {
         eprintln!("{plan}");
     }
