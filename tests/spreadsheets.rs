@@ -416,3 +416,166 @@ async fn hostile_workbooks_are_refused_before_any_request_saying_which() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(!run.stderr.contains("reading sheet"), "{}", run.stderr);
 }
+
+/// LibreOffice, headless, with a profile of the test's own so that tests running at once
+/// do not share one: converts `file` to `to` (`xlsx`, `ods`, or `csv` as UTF-8 with
+/// commas) into `dir`, and returns the new file.
+fn soffice(file: &std::path::Path, to: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let soffice = service("INVOICE_DISPATCH_TEST_SOFFICE");
+    let profile = tempfile::tempdir().unwrap();
+    let filter = match to {
+        "csv" => "csv:Text - txt - csv (StarCalc):44,34,76,1".to_string(),
+        other => other.to_string(),
+    };
+    let out = std::process::Command::new(soffice)
+        .arg(format!(
+            "-env:UserInstallation=file://{}",
+            profile.path().display()
+        ))
+        .args([
+            "--headless",
+            "--norestore",
+            "--convert-to",
+            &filter,
+            "--outdir",
+        ])
+        .arg(dir)
+        .arg(file)
+        .env("HOME", profile.path())
+        .output()
+        .unwrap();
+    let made = dir.join(file.with_extension(to).file_name().unwrap());
+    assert!(
+        out.status.success() && made.exists(),
+        "soffice could not convert {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    made
+}
+
+/// The (path, body) of every request the simulator received, sorted.
+fn requests(w: &World) -> Vec<(String, String)> {
+    let mut all: Vec<_> = w
+        .stats()
+        .recent
+        .into_iter()
+        .map(|r| (r.path, r.body.to_string()))
+        .collect();
+    all.sort();
+    all
+}
+
+#[tokio::test]
+#[ignore = "needs LibreOffice: run scripts/test"]
+async fn the_sample_saved_by_libreoffice_as_xlsx_and_ods_sends_the_csvs_requests_byte_for_byte() {
+    let by_csv = World::start().await;
+    let csv = by_csv.sample("invoices.csv");
+    let run = by_csv.send(&csv, &[]).await;
+    assert!(matches!(run.code, 0 | 2), "{}", run.stderr);
+    let want = requests(&by_csv);
+    assert!(want.len() > 20, "{want:?}");
+    for to in ["xlsx", "ods"] {
+        let w = World::start().await;
+        let book = soffice(&w.sample("invoices.csv"), to, w.dir.path());
+        let run = w.send(&book, &[]).await;
+        assert!(matches!(run.code, 0 | 2), "{to}: {}", run.stderr);
+        assert_eq!(requests(&w), want, "{to}");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs LibreOffice: run scripts/test"]
+async fn our_results_workbook_read_back_by_libreoffice_matches_the_csv_results() {
+    let (as_csv, as_xlsx) = (World::start().await, World::start().await);
+    let csv = as_csv.send(&as_csv.sample("invoices.csv"), &[]).await;
+    let book = as_xlsx.path("results.xlsx");
+    as_xlsx
+        .send(
+            &as_xlsx.sample("invoices.csv"),
+            &["--out", book.to_str().unwrap()],
+        )
+        .await;
+    let back_dir = as_xlsx.path("back");
+    std::fs::create_dir_all(&back_dir).unwrap();
+    let back = soffice(&book, "csv", &back_dir);
+    let back = parse_results(&std::fs::read_to_string(back).unwrap());
+    assert_eq!(back.len(), csv.rows.len());
+    for (ours, theirs) in back.iter().zip(&csv.rows) {
+        for (column, want) in theirs {
+            if column == "completed_at" {
+                continue;
+            }
+            // The CSV neutralises a formula start with `'`; a workbook's string cells need not.
+            assert_eq!(
+                &ours[column],
+                want.strip_prefix('\'').unwrap_or(want),
+                "{column}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs LibreOffice: run scripts/test"]
+async fn resolve_reads_a_results_workbook_with_a_resolution_column_all_or_nothing() {
+    let w = World::start().await;
+    let input = w.input(&[
+        &format!("{DEPT},ok-1,,"),
+        &format!("{DEPT},err500-2,,"),
+        &format!("{DEPT},err500-3,,"),
+    ]);
+    let book = w.path("results.xlsx");
+    let run = w.send(&input, &["--out", book.to_str().unwrap()]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    // A person adds the column, the way a script can: out to CSV, a column, back in, over
+    // the results file (the run knows it by that name).
+    let pristine = w.path("pristine.xlsx");
+    std::fs::copy(&book, &pristine).unwrap();
+    let with_verdicts = |verdicts: [&str; 3]| {
+        let dir = tempfile::tempdir_in(w.dir.path()).unwrap().keep();
+        let text = std::fs::read_to_string(soffice(&pristine, "csv", &dir)).unwrap();
+        let mut lines = text.lines();
+        let mut edited = format!("{},resolution\n", lines.next().unwrap());
+        for (line, verdict) in lines.zip(verdicts) {
+            edited.push_str(&format!("{line},{verdict}\n"));
+        }
+        let csv = dir.join("edited.csv");
+        std::fs::write(&csv, edited).unwrap();
+        let made = soffice(&csv, "xlsx", &dir);
+        std::fs::rename(made, &book).unwrap();
+    };
+    with_verdicts(["not delivered", "delivered", ""]);
+    let refused = w.look(&["resolve", book.to_str().unwrap()]).await;
+    assert_ne!(
+        refused.code, 0,
+        "a verdict on a sent row refuses the file: {}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("results.xlsx:2: ok-1 is sent"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("nothing recorded"),
+        "{}",
+        refused.stderr
+    );
+    with_verdicts(["", "delivered", "not delivered"]);
+    let out = w.look(&["resolve", book.to_str().unwrap()]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("recorded 1 delivered and 1 not delivered"),
+        "{}",
+        out.stderr
+    );
+    let rerun = w.send(&input, &[]).await;
+    assert_eq!(w.received(DEPT, "err500-2"), 1, "{}", rerun.stderr);
+    assert_eq!(
+        w.received(DEPT, "err500-3"),
+        2,
+        "the undelivered one is sent again"
+    );
+}
