@@ -479,6 +479,22 @@ impl InputReader {
         self.sheet.as_ref().map(|s| s.name.as_str())
     }
 
+    /// The columns in which a workbook held numbers, but the two IDs: its results write
+    /// their numbers as numbers. Empty for a CSV, whose cells are all text.
+    pub fn number_columns(&self) -> Vec<bool> {
+        let Some(sheet) = &self.sheet else {
+            return Vec::new();
+        };
+        let (d, v) = self.key_columns();
+        let mut numbers = sheet.numeric.clone();
+        for i in [d, v] {
+            if let Some(n) = numbers.get_mut(i) {
+                *n = false;
+            }
+        }
+        numbers
+    }
+
     /// What a person should know of how the input was read (numbers in an ID column).
     pub fn notes(&self) -> Vec<String> {
         let Some(sheet) = &self.sheet else {

@@ -291,6 +291,22 @@ async fn a_workbooks_cells_read_as_its_csv_export_would_and_its_results_are_a_wo
         ("475.09", "2026-11-30")
     );
     assert_eq!(rows[0]["note"], "saved", "a formula's saved value");
+    {
+        use calamine::{Data, Reader};
+        let mut book = calamine::open_workbook_auto(w.path("typed.results.xlsx")).unwrap();
+        let sheet = book.worksheet_range("Results").unwrap();
+        // Numbers stay numbers, but the ID columns are text.
+        assert_eq!(
+            sheet.get_value((1, 4)),
+            Some(&Data::Float(475.09)),
+            "amount"
+        );
+        assert_eq!(
+            sheet.get_value((1, 1)),
+            Some(&Data::String("104200".into())),
+            "invoice"
+        );
+    }
     assert_eq!(
         rows[1]["note"], "#N/A",
         "an error where no request looks is its text"

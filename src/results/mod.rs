@@ -118,6 +118,7 @@ pub fn render(
     let header = header_row(reader.headers());
     if workbook::wanted(out) {
         let mut sink = workbook::Sink::new(&header, reader.headers().len())?;
+        sink.numbers_in(reader.number_columns());
         merge(input, &mut reader, &mut sink, &mut rendered, rows, missing)?;
         let summary = about(&rendered.counts);
         replace_atomically(out, "the results", 0o600, |file| {

@@ -38,6 +38,8 @@ pub struct Sink {
     date: Format,
     /// By status, in `Status::ALL` order.
     statuses: Vec<Format>,
+    /// Input columns whose numbers are written as numbers (a workbook's, but its IDs).
+    numbers: Vec<bool>,
 }
 
 impl Sink {
@@ -66,7 +68,13 @@ impl Sink {
             bold,
             date: Format::new().set_num_format("yyyy-mm-dd hh:mm:ss"),
             statuses,
+            numbers: Vec::new(),
         })
+    }
+
+    /// Writes the input's numbers in these columns as numbers, as the input had them.
+    pub fn numbers_in(&mut self, columns: Vec<bool>) {
+        self.numbers = columns;
     }
 
     /// Adds the filter and the Summary sheet, and writes the workbook to `out`.
@@ -101,7 +109,12 @@ impl super::Sink for Sink {
         let date = self.date.clone();
         let sheet = self.workbook.worksheet_from_index(0)?;
         for (col, cell) in input.iter().enumerate() {
-            sheet.write_string(row, col as u16, clipped(&String::from_utf8_lossy(cell)))?;
+            let text = String::from_utf8_lossy(cell);
+            let number = self.numbers.get(col).copied().unwrap_or(false);
+            match text.parse::<f64>().ok().filter(|n| number && n.is_finite()) {
+                Some(n) => sheet.write_number(row, col as u16, n)?,
+                None => sheet.write_string(row, col as u16, clipped(&text))?,
+            };
         }
         let at = |i: usize| inputs + i as u16;
         sheet.write_string_with_format(row, at(0), o.status.as_str(), status)?;
