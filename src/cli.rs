@@ -83,9 +83,13 @@ pub struct SendArgs {
     /// Check every row and print the requests that would be sent; send nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Requests per second, retries included; 0 = unlimited. Default 10.
-    #[arg(long, env = "INVOICE_DISPATCH_RATE", value_name = "N")]
-    pub rate: Option<u32>,
+    /// Requests per second, retries included; 0 = unlimited; `auto` finds the fastest pace
+    /// the API accepts (see --max-rate). Default 10.
+    #[arg(long, env = "INVOICE_DISPATCH_RATE", value_name = "N|auto", value_parser = parse_rate)]
+    pub rate: Option<Rate>,
+    /// With --rate auto: the pace is never raised above this. Default 50.
+    #[arg(long, env = "INVOICE_DISPATCH_MAX_RATE", value_name = "N")]
+    pub max_rate: Option<f64>,
     /// Requests that may go at once after an idle spell, on top of the rate. Default 5.
     #[arg(long, env = "INVOICE_DISPATCH_BURST", value_name = "N")]
     pub burst: Option<u32>,
@@ -181,6 +185,13 @@ pub struct SimulateArgs {
     /// Answer 429 (Retry-After: 1) above N requests in any second.
     #[arg(long, value_name = "N")]
     pub rate_limit: Option<u32>,
+    /// A hidden capacity: a token bucket of N requests/s (burst N/5); beyond it, 429 with
+    /// Retry-After: 1, and the request is not acted on.
+    #[arg(long, value_name = "N", conflicts_with = "capacity_schedule")]
+    pub capacity: Option<f64>,
+    /// The capacity changing over time, from the first request: "0s:40,30s:15,60s:40".
+    #[arg(long, value_name = "SCHEDULE", value_parser = parse_schedule)]
+    pub capacity_schedule: Option<Vec<(std::time::Duration, f64)>>,
     /// Check Basic auth against this username (with --password).
     #[arg(long, requires = "password")]
     pub username: Option<String>,
@@ -262,6 +273,55 @@ pub enum Format {
     Table,
     Csv,
     Json,
+}
+
+/// `--rate`: a number of requests per second, or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Rate {
+    Fixed(u32),
+    #[serde(deserialize_with = "auto_word")]
+    Auto,
+}
+
+fn auto_word<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+    let word = <String as serde::Deserialize>::deserialize(d)?;
+    match word.trim() {
+        "auto" => Ok(()),
+        other => Err(serde::de::Error::custom(format!(
+            "rate = {other:?}: a number of requests per second, or \"auto\""
+        ))),
+    }
+}
+
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    match s.trim() {
+        "auto" => Ok(Rate::Auto),
+        n => n
+            .parse()
+            .map(Rate::Fixed)
+            .map_err(|_| format!("{s:?} is not a number of requests per second, or auto")),
+    }
+}
+
+pub fn parse_schedule(s: &str) -> Result<Vec<(std::time::Duration, f64)>, String> {
+    let mut steps = Vec::new();
+    for step in s.split(',') {
+        let (at, n) = step
+            .split_once(':')
+            .ok_or_else(|| format!("{step:?} is not TIME:RATE, like 30s:15"))?;
+        let at = humantime::parse_duration(at.trim()).map_err(|e| format!("{at:?}: {e}"))?;
+        let n: f64 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{n:?} is not a rate"))?;
+        if !(n.is_finite() && n > 0.0) {
+            return Err(format!("{n} is not a positive rate"));
+        }
+        steps.push((at, n));
+    }
+    steps.sort_by_key(|(at, _)| *at);
+    Ok(steps)
 }
 
 pub fn parse_encoding(s: &str) -> Result<&'static encoding_rs::Encoding, String> {

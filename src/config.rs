@@ -29,7 +29,10 @@ pub const DEFAULT_BASE_URL: &str = "https://api.mykaarma.com/payment";
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     base_url: Option<String>,
-    rate: Option<u32>,
+    rate: Option<cli::Rate>,
+    rate_start: Option<f64>,
+    min_rate: Option<f64>,
+    max_rate: Option<f64>,
     burst: Option<u32>,
     concurrency: Option<usize>,
     max_attempts: Option<u32>,
@@ -412,8 +415,37 @@ fn credentials(file: &FileConfig, warnings: &mut Vec<String>) -> Result<Option<C
     }
 }
 
+/// `rate = "auto"`: the pace's bounds (SPEC section 16).
+fn auto_rate(args: &SendArgs, file: &FileConfig) -> Result<Option<dispatch::AutoRate>> {
+    if args.rate.or(file.rate) != Some(cli::Rate::Auto) {
+        return Ok(None);
+    }
+    let bounds = dispatch::AutoRate {
+        start: file.rate_start.unwrap_or(5.0),
+        min: file.min_rate.unwrap_or(1.0),
+        max: args.max_rate.or(file.max_rate).unwrap_or(50.0),
+        remembered: None,
+    };
+    let sane = |v: f64| v.is_finite() && v > 0.0;
+    if !(sane(bounds.start) && sane(bounds.min) && sane(bounds.max)) || bounds.min > bounds.max {
+        bail!(
+            "rate_start, min_rate and max_rate must be positive, with min_rate <= max_rate (they are {}, {}, {})",
+            bounds.start,
+            bounds.min,
+            bounds.max
+        );
+    }
+    Ok(Some(bounds))
+}
+
 fn dispatch_settings(args: &SendArgs, file: &FileConfig) -> Result<dispatch::Settings> {
-    let rate = args.rate.or(file.rate).unwrap_or(10);
+    let rate = match args.rate.or(file.rate) {
+        Some(cli::Rate::Fixed(n)) => n,
+        // The auto pace decides; the fixed one stays as a bound nobody reaches.
+        Some(cli::Rate::Auto) => 0,
+        None => 10,
+    };
+    let auto = auto_rate(args, file)?;
     let burst = args.burst.or(file.burst).unwrap_or(5);
     let concurrency = args.concurrency.or(file.concurrency).unwrap_or(8);
     let max_attempts = args.max_attempts.or(file.max_attempts).unwrap_or(5);
@@ -432,6 +464,7 @@ fn dispatch_settings(args: &SendArgs, file: &FileConfig) -> Result<dispatch::Set
     }
     Ok(dispatch::Settings {
         rate,
+        auto,
         burst,
         concurrency,
         max_attempts,

@@ -149,6 +149,11 @@ async fn simulate(args: SimulateArgs) -> Result<()> {
         jitter: std::time::Duration::from_millis(args.jitter),
         fail_rate: args.fail_rate,
         rate_limit: args.rate_limit,
+        capacity: match (args.capacity, args.capacity_schedule) {
+            (Some(n), _) => vec![(std::time::Duration::ZERO, n)],
+            (None, Some(schedule)) => schedule,
+            (None, None) => Vec::new(),
+        },
         username: args.username,
         password: args.password,
         seed: args.seed,

@@ -112,8 +112,12 @@ async fn show_bar(events: watch::Receiver<Event>, total: Option<u64>, screen: Sc
         let event = events.borrow().clone();
         bar.set_position(event.rows_done);
         bar.set_message(state_words(&event.state).unwrap_or_else(|| {
+            let pace = event
+                .rate_limit
+                .map(|r| format!(" (pace {r:.1}/s)"))
+                .unwrap_or_default();
             format!(
-                "{:.0} req/s  failures: {}",
+                "{:.0} req/s{pace}  failures: {}",
                 event.requests_per_second, event.failures
             )
         }));
@@ -139,6 +143,7 @@ async fn log_lines(events: watch::Receiver<Event>, total: Option<u64>) {
             requests = event.requests,
             failures = event.failures,
             req_per_s = (event.requests_per_second * 100.0).round() / 100.0,
+            pace = event.rate_limit.map(|r| (r * 100.0).round() / 100.0),
             "progress"
         );
     }

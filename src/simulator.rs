@@ -36,6 +36,9 @@ pub struct SimConfig {
     pub jitter: Duration,
     pub fail_rate: f64,
     pub rate_limit: Option<u32>,
+    /// `--capacity`/`--capacity-schedule`: a token bucket of N/s (burst N/5) whose N may
+    /// change at times counted from the first request; beyond it, 429 with Retry-After.
+    pub capacity: Vec<(Duration, f64)>,
     pub username: Option<String>,
     pub password: Option<String>,
     pub seed: Option<u64>,
@@ -50,6 +53,7 @@ impl Default for SimConfig {
             jitter: Duration::ZERO,
             fail_rate: 0.0,
             rate_limit: None,
+            capacity: Vec::new(),
             username: None,
             password: None,
             seed: None,
@@ -169,6 +173,10 @@ struct Shared {
 
 struct Counters {
     started: Instant,
+    /// The first request's arrival, where a capacity schedule's times start.
+    first: Option<Instant>,
+    /// The capacity bucket's tokens, and when it was last filled.
+    bucket: (f64, Option<Instant>),
     rng: StdRng,
     window: VecDeque<Instant>,
     /// `recent` stays empty here; the ring buffer below avoids shifting a Vec on every request.
@@ -182,6 +190,8 @@ impl Counters {
     fn new(config: &SimConfig) -> Self {
         Self {
             started: Instant::now(),
+            first: None,
+            bucket: (0.0, None),
             rng: config
                 .seed
                 .map_or_else(StdRng::from_os_rng, StdRng::seed_from_u64),
@@ -246,7 +256,28 @@ impl Shared {
             c.stats.per_second.resize(second + 1, 0);
         }
         c.stats.per_second[second] += 1;
-        config.rate_limit.is_some_and(|n| in_window > n as usize)
+        let over_capacity = Shared::over_capacity(c, config, now);
+        config.rate_limit.is_some_and(|n| in_window > n as usize) || over_capacity
+    }
+
+    /// Takes a token from the capacity bucket; true when there is none (throttled).
+    fn over_capacity(c: &mut Counters, config: &SimConfig, now: Instant) -> bool {
+        let first = *c.first.get_or_insert(now);
+        let since = now.duration_since(first);
+        let Some(&(_, capacity)) = config.capacity.iter().rev().find(|(at, _)| *at <= since) else {
+            return false;
+        };
+        let burst = (capacity / 5.0).max(1.0);
+        let (tokens, filled) = &mut c.bucket;
+        let elapsed = filled.map_or(f64::INFINITY, |t| now.duration_since(t).as_secs_f64());
+        *tokens = (*tokens + elapsed * capacity).min(burst);
+        *filled = Some(now);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            false
+        } else {
+            true
+        }
     }
 
     /// A paid-status check: counted apart from payment requests. Whether it is rate limited.

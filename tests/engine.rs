@@ -220,6 +220,17 @@ impl Store for FailingAfter {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn pace(&mut self, target: &str) -> anyhow::Result<Option<f64>> {
+        self.inner.pace(target)
+    }
+    fn keep_pace(
+        &mut self,
+        t: &str,
+        rate: f64,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<()> {
+        self.inner.keep_pace(t, rate, now)
+    }
 }
 
 /// What a run whose ledger failed must leave: exit 1 with the reason, a results file with

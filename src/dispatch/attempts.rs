@@ -66,13 +66,7 @@ impl<A: Api, J: Journal> Dispatcher<A, J> {
                 }
                 tries.attempts += 1;
             }
-            let attempt = match call {
-                Call::Payment => self.timed(row.line, self.api.send(req)).await,
-                Call::PaidStatus => {
-                    self.timed(row.line, self.api.paid_status(&req.invoice))
-                        .await
-                }
-            };
+            let attempt = self.make(call, row).await;
             let verdict = match call {
                 Call::Payment => classify(&attempt, &req.flags),
                 Call::PaidStatus => classify_paid(&attempt),
@@ -137,15 +131,31 @@ impl<A: Api, J: Journal> Dispatcher<A, J> {
         }
     }
 
+    /// Makes the call once, and tells the pace whether the server said to slow down.
+    async fn make(&self, call: Call, row: &Admitted) -> Attempt {
+        let left = tokio::time::Instant::now();
+        let attempt = match call {
+            Call::Payment => self.timed(row.line, self.api.send(&row.request)).await,
+            Call::PaidStatus => {
+                let invoice = &row.request.invoice;
+                self.timed(row.line, self.api.paid_status(invoice)).await
+            }
+        };
+        self.pacer.answered(left, throttled(&attempt));
+        attempt
+    }
+
     /// Makes one request, counted and timed for the progress line and the report.
     async fn timed(&self, line: u64, request: impl Future<Output = Attempt>) -> Attempt {
         self.shared.progress.request_started();
         let sent = Instant::now();
         let attempt = request.await;
         self.shared.progress.answered();
-        self.shared
-            .tally
-            .attempt(line, sent, sent.elapsed(), &attempt);
+        let tally = &self.shared.tally;
+        tally.attempt(line, sent, sent.elapsed(), &attempt);
+        if let Some((rate, _)) = self.shared.pace.read() {
+            tally.pace(sent, rate);
+        }
         attempt
     }
 
@@ -219,6 +229,11 @@ impl<A: Api, J: Journal> Dispatcher<A, J> {
         }
         refusal().map(|why| (Status::Failed, refused(&why)))
     }
+}
+
+/// Whether the server said to slow down (429, or 503: unavailable for now).
+fn throttled(attempt: &Attempt) -> bool {
+    matches!(attempt, Attempt::Answered(a) if a.status == 429 || a.status == 503)
 }
 
 /// What an answer is called in the row's history of attempts.

@@ -18,6 +18,7 @@
 mod attempts;
 mod breaker;
 mod gate;
+mod pace;
 mod pacer;
 mod row;
 #[cfg(test)]
@@ -36,7 +37,8 @@ use crate::evidence::Tally;
 use crate::input::{InvoiceGuid, Request};
 
 use attempts::{Call, Ending};
-pub use pacer::Backoff;
+pub use pace::AutoRate;
+pub use pacer::{Backoff, Gauge};
 use row::Tries;
 
 /// The paid-status check proves the credentials' scope once, for every department.
@@ -56,6 +58,8 @@ pub struct Admitted {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub rate: u32,
+    /// `rate = "auto"`: the pace follows the API's answers (the fixed `rate` is unused).
+    pub auto: Option<AutoRate>,
     pub burst: u32,
     pub concurrency: usize,
     pub max_attempts: u32,
@@ -177,6 +181,8 @@ pub struct Shared {
     pub pause: Arc<Pause>,
     pub progress: Arc<Progress>,
     pub tally: Arc<Tally>,
+    /// The auto pace, now and at its highest (`--rate auto`).
+    pub pace: Arc<Gauge>,
     /// Outcomes the ledger refused (it failed mid-run): the results still show them.
     pub unrecorded: Arc<Mutex<Vec<(u64, Outcome)>>>,
     pub clock: Clock,
@@ -207,7 +213,7 @@ impl<A: Api, J: Journal> Dispatcher<A, J> {
         Arc::new(Dispatcher {
             api,
             journal,
-            pacer: pacer::Pacer::new(settings.rate, settings.burst, shared.pause.clone()),
+            pacer: pacer::Pacer::new(&settings, shared.pause.clone(), shared.pace.clone()),
             departments: gate::Gate::default(),
             paid_scope: gate::Gate::default(),
             failure_ratio: breaker::FailureRatio::new(

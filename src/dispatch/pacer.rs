@@ -3,33 +3,109 @@
 //! request waits its turn here and nowhere else, so this is the one seam for pacing.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
+use super::pace::Pace;
+use super::Settings;
 use crate::domain::{Pause, Stopper};
 
+/// How requests are spaced.
+enum Limit {
+    Unlimited,
+    /// `--rate N`: governor's token bucket.
+    Fixed(DefaultDirectRateLimiter),
+    /// `--rate auto`: the pace's rate, spaced by the virtual schedule below.
+    Auto(Mutex<Auto>),
+}
+
+/// The auto pace and its schedule: `next` is when the next request is due, a request may
+/// go as early as a burst's worth before it, and each one moves it on by one interval of
+/// the rate at that moment (GCRA, as governor does, with a rate that can change).
+struct Auto {
+    pace: Pace,
+    next: Instant,
+}
+
+impl Auto {
+    /// Takes a turn now, or says how long until one.
+    fn take(&mut self, now: Instant, gauge: &Gauge) -> Option<Duration> {
+        let rate = self.pace.rate();
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        // The burst follows the pace: a fifth of a second's worth, at least one request.
+        let tolerance = interval.mul_f64((rate / 5.0).max(1.0) - 1.0);
+        let next = self.next.max(now);
+        if next - now > tolerance {
+            return Some(next - tolerance - now);
+        }
+        self.next = next + interval;
+        self.pace.sent(now);
+        gauge.set(self.pace.rate(), self.pace.peak());
+        None
+    }
+}
+
+/// The auto pace as watchers see it: now and at its highest, requests per second.
+#[derive(Default)]
+pub struct Gauge {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Gauge {
+    fn set(&self, now: f64, peak: f64) {
+        self.now.store(now.to_bits(), Ordering::Relaxed);
+        self.peak.store(peak.to_bits(), Ordering::Relaxed);
+    }
+
+    /// (now, peak), once an auto pace has started.
+    pub fn read(&self) -> Option<(f64, f64)> {
+        let now = f64::from_bits(self.now.load(Ordering::Relaxed));
+        let peak = f64::from_bits(self.peak.load(Ordering::Relaxed));
+        (now > 0.0).then_some((now, peak))
+    }
+}
+
 pub(super) struct Pacer {
-    limiter: Option<DefaultDirectRateLimiter>,
-    /// A 429 pauses every sender, not just the row that got it.
+    limit: Limit,
+    /// A 429 pauses every sender, not just the row that got it (a fixed rate only: an
+    /// auto pace answers it by cutting the rate).
     pause_until: Mutex<Option<Instant>>,
     /// A person's pause: no turn is given while it lasts.
     paused: Arc<Pause>,
+    gauge: Arc<Gauge>,
 }
 
 impl Pacer {
-    /// `rate` requests per second (0: unlimited), `burst` at once after an idle spell.
-    pub fn new(rate: u32, burst: u32, paused: Arc<Pause>) -> Pacer {
-        let limiter = NonZeroU32::new(rate).map(|rate| {
-            let burst = NonZeroU32::new(burst).unwrap_or(rate);
-            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
-        });
+    /// `rate` requests per second (0: unlimited), `burst` at once after an idle spell; or
+    /// the auto pace.
+    pub fn new(settings: &Settings, paused: Arc<Pause>, gauge: Arc<Gauge>) -> Pacer {
+        let limit = match (settings.auto, NonZeroU32::new(settings.rate)) {
+            (Some(bounds), _) => {
+                let pace = Pace::new(bounds, Instant::now());
+                gauge.set(pace.rate(), pace.peak());
+                Limit::Auto(Mutex::new(Auto {
+                    pace,
+                    next: Instant::now(),
+                }))
+            }
+            (None, Some(rate)) => {
+                let burst = NonZeroU32::new(settings.burst).unwrap_or(rate);
+                Limit::Fixed(RateLimiter::direct(
+                    Quota::per_second(rate).allow_burst(burst),
+                ))
+            }
+            (None, None) => Limit::Unlimited,
+        };
         Pacer {
-            limiter,
+            limit,
             pause_until: Mutex::new(None),
             paused,
+            gauge,
         }
     }
 
@@ -47,16 +123,41 @@ impl Pacer {
                     _ = tokio::time::sleep_until(until) => {}
                 }
             }
-            if let Some(limiter) = &self.limiter {
-                tokio::select! {
-                    _ = stopper.stopped() => return false,
-                    _ = limiter.until_ready() => {}
-                }
+            if !self.token(stopper).await {
+                return false;
             }
             self.while_paused(stopper).await;
             if self.paused_until().is_none() {
                 return !stopper.is_stopped();
             }
+        }
+    }
+
+    /// Waits for the limit's next token; false if the run stopped first.
+    async fn token(&self, stopper: &Stopper) -> bool {
+        match &self.limit {
+            Limit::Unlimited => true,
+            Limit::Fixed(limiter) => tokio::select! {
+                _ = stopper.stopped() => false,
+                _ = limiter.until_ready() => true,
+            },
+            Limit::Auto(auto) => loop {
+                let wait = auto.lock().unwrap().take(Instant::now(), &self.gauge);
+                let Some(wait) = wait else { return true };
+                tokio::select! {
+                    _ = stopper.stopped() => return false,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            },
+        }
+    }
+
+    /// An answer to a request that got its turn at `sent`; `throttled`: a 429 or a 503.
+    pub fn answered(&self, sent: Instant, throttled: bool) {
+        if let Limit::Auto(auto) = &self.limit {
+            let mut auto = auto.lock().unwrap();
+            auto.pace.answered(sent, Instant::now(), throttled);
+            self.gauge.set(auto.pace.rate(), auto.pace.peak());
         }
     }
 
@@ -74,8 +175,12 @@ impl Pacer {
         pause.filter(|until| *until > Instant::now())
     }
 
-    /// Pauses the whole pool for `pause` (a 429 was answered).
+    /// Pauses the whole pool for `pause` (a 429 was answered); an auto pace cuts its rate
+    /// instead, and only the throttled row waits.
     pub fn slow_down(&self, pause: Duration) {
+        if matches!(self.limit, Limit::Auto(_)) {
+            return;
+        }
         let until = Instant::now() + pause;
         let mut current = self.pause_until.lock().unwrap();
         *current = Some(current.map_or(until, |c| c.max(until)));

@@ -117,6 +117,7 @@ fn ok() -> Attempt {
 fn settings() -> Settings {
     Settings {
         rate: 0,
+        auto: None,
         burst: 1,
         concurrency: 4,
         max_attempts: 5,

@@ -25,6 +25,8 @@ pub struct RunMetrics<'a> {
     pub duration_seconds: f64,
     pub exit_code: u8,
     pub finished: DateTime<Utc>,
+    /// The auto pace at the end, requests per second (`--rate auto`).
+    pub rate_limit: Option<f64>,
 }
 
 impl RunMetrics<'_> {
@@ -74,6 +76,13 @@ impl RunMetrics<'_> {
             "How long the last run took.",
             plain(format!("{:.3}", self.duration_seconds)),
         );
+        if let Some(rate) = self.rate_limit {
+            family(
+                "invoice_dispatch_rate_limit",
+                "The pace --rate auto allowed at the end of the last run, requests per second.",
+                plain(format!("{rate:.3}")),
+            );
+        }
         family(
             "invoice_dispatch_exit_code",
             "The last run's exit code.",
@@ -241,6 +250,7 @@ mod tests {
             duration_seconds: 1.5,
             exit_code,
             finished,
+            rate_limit: Some(37.5),
         };
         write_file(&path, &run(0, at(1_000))).unwrap();
         write_file(&path, &run(2, at(2_000))).unwrap();

@@ -45,11 +45,13 @@ pub fn clip(text: &str) -> String {
 }
 
 /// Requests in one time bucket.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Bucket {
     pub requests: u64,
     pub throttled: u64,
     pub server_errors: u64,
+    /// The auto pace's highest rate in the bucket, requests per second (`--rate auto`).
+    pub pace: f64,
 }
 
 /// What kind of trouble a group is.
@@ -145,6 +147,14 @@ impl Tally {
         }
     }
 
+    /// The auto pace when a request left at `sent`, for the rate drawn over time.
+    pub fn pace(&self, sent: Instant, rate: f64) {
+        let second = sent.saturating_duration_since(self.started).as_secs();
+        let mut inner = self.inner.lock().unwrap();
+        let bucket = inner.bucket(second);
+        bucket.pace = bucket.pace.max(rate);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let inner = self.inner.lock().unwrap();
         let h = &inner.latency_us;
@@ -189,6 +199,7 @@ impl Inner {
                     requests: pair.iter().map(|b| b.requests).sum(),
                     throttled: pair.iter().map(|b| b.throttled).sum(),
                     server_errors: pair.iter().map(|b| b.server_errors).sum(),
+                    pace: pair.iter().map(|b| b.pace).fold(0.0, f64::max),
                 })
                 .collect();
             self.bucket_secs *= 2;

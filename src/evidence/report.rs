@@ -236,6 +236,9 @@ fn requests_section(f: &Facts) -> Markup {
                     span { span class="swatch" style="background:#90a4ae" {} "requests per second" }
                     span { span class="swatch" style="background:#ef6c00" {} "429 (slow down)" }
                     span { span class="swatch" style="background:#c62828" {} "5xx" }
+                    @if t.buckets.iter().any(|b| b.pace > 0.0) {
+                        span { span class="swatch" style="background:#1565c0" {} "the auto pace (rate allowed)" }
+                    }
                 }
             }
             @if !t.latency_ms.is_empty() {
@@ -277,6 +280,14 @@ fn requests_chart(t: &Snapshot) -> Markup {
                 @if b.server_errors > 0 {
                     rect x=(format!("{x:.2}")) y=(format!("{:.2}", h - y(b.server_errors))) width=(format!("{:.2}", bar.max(0.5))) height=(format!("{:.2}", y(b.server_errors))) fill="#c62828" {}
                 }
+            }
+            @if t.buckets.iter().any(|b| b.pace > 0.0) {
+                // The auto pace, on the same scale: requests per bucket it allowed.
+                @let points = t.buckets.iter().enumerate().map(|(i, b)| {
+                    let allowed = (b.pace * t.bucket_secs as f64 / peak * h).min(h);
+                    format!("{:.2},{:.2}", (i as f64 + 0.5) * bar, h - allowed)
+                }).collect::<Vec<_>>().join(" ");
+                polyline points=(points) fill="none" stroke="#1565c0" stroke-width="2" vector-effect="non-scaling-stroke" {}
             }
         }
         p class="legend" { "peak " (format!("{:.1}", peak / t.bucket_secs as f64)) " requests per second; each bar is " (t.bucket_secs) " s" }

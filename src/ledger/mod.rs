@@ -400,6 +400,10 @@ pub trait Store: Send {
     fn resolve(&mut self, request: &ResolveRequest, now: DateTime<Utc>) -> Result<Resolved>;
     /// How the ledger is named in messages (never with a password).
     fn describe(&self) -> String;
+    /// The pace `--rate auto` last ended at for `target`, if a run kept one.
+    fn pace(&mut self, target: &str) -> Result<Option<f64>>;
+    /// Keeps the pace a run ended at, where the next run on `target` starts.
+    fn keep_pace(&mut self, target: &str, rate: f64, now: DateTime<Utc>) -> Result<()>;
 }
 
 /// Admissions and outcomes committed together.

@@ -55,6 +55,8 @@ pub struct Event {
     pub requests: u64,
     pub requests_per_second: f64,
     pub paused_seconds: f64,
+    /// `--rate auto`: the pace allowed now, requests per second.
+    pub rate_limit: Option<f64>,
     /// The newest messages of rows that need a person, newest last.
     pub latest_errors: Vec<String>,
 }
@@ -71,6 +73,7 @@ impl Event {
             requests: p.requests(),
             requests_per_second: p.requests_per_second(),
             paused_seconds: shared.pause.paused_for().as_secs_f64(),
+            rate_limit: shared.pace.read().map(|(now, _)| now),
             latest_errors: p.latest_errors(),
         }
     }

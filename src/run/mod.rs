@@ -99,13 +99,22 @@ fn send(
         None => ledger::open(&config.ledger, false)?,
     };
     let run = store.begin(&info, &config.policy, clock.now())?;
+    if let Some(auto) = &mut config.dispatch.auto {
+        // Where the last run on this ledger and target ended: no new ramp every night.
+        auto.remembered = store.pace(&info.target)?;
+    }
     let pinger = config.evidence.ping.clone().map(Pinger::new);
     let mut served = sending(&config, engine, store, pinger.as_ref())?;
     let rendered = write_results(&config, engine, &mut served, (run, info.started))?;
     let stop = engine.shared.stopper.reason().cloned();
     let code = exit_code(&rendered.counts, stop.as_ref());
     if served.failed.is_none() {
-        if let Err(e) = served.store.close(code, clock.now()) {
+        let store = &mut served.store;
+        let kept = match engine.shared.pace.read() {
+            Some((rate, _)) => store.keep_pace(&info.target, rate, clock.now()),
+            None => Ok(()),
+        };
+        if let Err(e) = kept.and_then(|()| store.close(code, clock.now())) {
             tracing::warn!("could not close the run in the ledger: {e:#}");
         }
     }

@@ -29,6 +29,11 @@ pub struct Summary {
     pub requests_per_second: f64,
     /// Time the run spent paused by a person.
     pub paused_seconds: f64,
+    /// `--rate auto`: the pace allowed at the end, and at its highest (requests/s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_final: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_peak: Option<f64>,
     pub simulation: bool,
     /// Nothing was sent: `would_send` rows would be.
     pub dry_run: bool,
@@ -59,6 +64,8 @@ impl Summary {
             elapsed_seconds: 0.0,
             requests_per_second: 0.0,
             paused_seconds: 0.0,
+            rate_final: None,
+            rate_peak: None,
             simulation: false,
             dry_run: false,
             would_send: None,
@@ -139,6 +146,9 @@ impl Summary {
         summary.elapsed_seconds = round2(started.elapsed().as_secs_f64());
         summary.requests_per_second = round2(progress.requests_per_second());
         summary.paused_seconds = round2(shared.pause.paused_for().as_secs_f64());
+        if let Some((now, peak)) = shared.pace.read() {
+            (summary.rate_final, summary.rate_peak) = (Some(round2(now)), Some(round2(peak)));
+        }
         summary.simulation = config.target == Target::Simulator;
         summary.run = Some(run.to_string());
         summary.results = Some(config.out.clone());
@@ -231,6 +241,7 @@ impl Evidence<'_> {
             duration_seconds: self.summary.elapsed_seconds,
             exit_code: self.summary.exit_code,
             finished: engine.shared.clock.now(),
+            rate_limit: self.summary.rate_final,
         };
         if let Some(path) = &e.metrics_file {
             warn_on(metrics::write_file(path, &metrics));
@@ -265,7 +276,13 @@ impl Evidence<'_> {
             ),
             (
                 "rate",
-                format!("{} per second (0: unlimited), burst {}", d.rate, d.burst),
+                match (d.auto, s.rate_final, s.rate_peak) {
+                    (Some(a), Some(end), Some(peak)) => format!(
+                        "auto: started at {:.1}, ended at {end:.1}, highest {peak:.1} per second (bounds {}-{})",
+                        a.remembered.unwrap_or(a.start), a.min, a.max
+                    ),
+                    _ => format!("{} per second (0: unlimited), burst {}", d.rate, d.burst),
+                },
             ),
             ("concurrency", d.concurrency.to_string()),
             ("attempts per row", d.max_attempts.to_string()),

@@ -152,6 +152,23 @@ impl Store for PgStore {
         resolve::resolve(&mut self.client, request, now)
     }
 
+    fn pace(&mut self, target: &str) -> Result<Option<f64>> {
+        let row = self
+            .client
+            .query_opt("SELECT rate FROM paces WHERE target = $1", &[&target])?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// A SQL-dialect twin of the SQLite store's (placeholders and upsert spelling).
+    fn keep_pace(&mut self, target: &str, rate: f64, now: DateTime<Utc>) -> Result<()> {
+        self.client.execute(
+            "INSERT INTO paces (target, rate, at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (target) DO UPDATE SET rate = excluded.rate, at_ms = excluded.at_ms",
+            &[&target, &rate, &now.timestamp_millis()],
+        )?;
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         self.location.to_string()
     }

@@ -8,7 +8,7 @@ use postgres::Client;
 use super::connect::pg_error;
 use super::{PgLocation, RUN_LOCKS};
 
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 /// The oldest server the SQL here is written for.
 const OLDEST_SERVER: i32 = 120000;
 
@@ -75,6 +75,8 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     // makes the server recover without a new start time, and marks committed without
     // waiting for the disk may be gone: they are trusted only while the sentinel is there.
     "CREATE UNLOGGED TABLE open_runs (run_id bigint PRIMARY KEY);",
+    // 3: the pace `--rate auto` ended at, per target, where the next run starts.
+    "CREATE TABLE paces (target text PRIMARY KEY, rate double precision NOT NULL, at_ms bigint NOT NULL);",
 ];
 
 /// Makes sure the ledger's schema is there and current. A read-only open (`runs`,

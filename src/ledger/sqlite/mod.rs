@@ -48,7 +48,7 @@ use crate::domain::{
     from_millis, rfc3339, AttemptNote, Counts, Outcome, RunId, SkipKind, Status, StopReason,
 };
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -326,6 +326,26 @@ impl Store for SqliteStore {
 
     fn resolve(&mut self, request: &ResolveRequest, now: DateTime<Utc>) -> Result<Resolved> {
         resolution::resolve(self, request, now)
+    }
+
+    fn pace(&mut self, target: &str) -> Result<Option<f64>> {
+        let rate = self
+            .conn
+            .query_row("SELECT rate FROM paces WHERE target = ?1", [target], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(rate)
+    }
+
+    /// A SQL-dialect twin of the PostgreSQL store's (placeholders and upsert spelling).
+    fn keep_pace(&mut self, target: &str, rate: f64, now: DateTime<Utc>) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO paces (target, rate, at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (target) DO UPDATE SET rate = excluded.rate, at_ms = excluded.at_ms",
+            params![target, rate, now.timestamp_millis()],
+        )?;
+        Ok(())
     }
 
     fn describe(&self) -> String {

@@ -166,4 +166,6 @@ pub(super) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
      INSERT INTO by_invoice SELECT invoice_key(invoice), id FROM results
          WHERE invoice IS NOT NULL AND run_id IN (SELECT id FROM runs WHERE folded = 1)
          ORDER BY 1, 2;",
+    // 4: the pace `--rate auto` ended at, per target, where the next run starts.
+    "CREATE TABLE paces (target TEXT PRIMARY KEY, rate REAL NOT NULL, at_ms INTEGER NOT NULL);",
 ];
