@@ -12,6 +12,7 @@
 //! cargo bench --bench dispatch -- kill  --loops 50 --rows 2000 --rate 200 --concurrency 16
 //! cargo bench --bench dispatch -- overhead --pg ...    (the ledger on scripts/services' PostgreSQL)
 //! cargo bench --bench dispatch -- split --rows 20000 --rate 0 --concurrency 64 (two processes, one PostgreSQL ledger)
+//! cargo bench --bench dispatch -- pace    (--rate auto against hidden capacities 8, 37, 120)
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -20,6 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_invoice-dispatch");
+
+#[path = "dispatch/pace.rs"]
+mod pace;
 
 #[derive(Clone)]
 struct Opts {
@@ -83,9 +87,14 @@ struct Sim {
 
 impl Sim {
     fn start(latency: u64) -> Sim {
+        Sim::with(&["--latency", &latency.to_string()])
+    }
+
+    /// The simulator with these options.
+    fn with(options: &[&str]) -> Sim {
         let mut child = Command::new(BIN)
-            .args(["simulate", "--listen", "127.0.0.1:0", "--latency"])
-            .arg(latency.to_string())
+            .args(["simulate", "--listen", "127.0.0.1:0"])
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -462,6 +471,7 @@ fn main() {
         "raw" => raw(&o),
         "kill" => kill(&o),
         "overhead" => overhead(&o),
-        other => panic!("unknown mode {other}: send, raw, kill, overhead or split"),
+        "pace" => pace::pace(),
+        other => panic!("unknown mode {other}: send, raw, kill, overhead, split or pace"),
     }
 }

@@ -70,6 +70,9 @@ pub struct Stats {
     pub per_second: Vec<u64>,
     pub by_status: BTreeMap<u16, u64>,
     pub recent: Vec<RequestRecord>,
+    /// Of `per_second`, the requests a capacity (`--capacity`) throttled.
+    #[serde(default)]
+    pub throttled_per_second: Vec<u64>,
     /// Paid-status checks, apart from the payment requests above.
     #[serde(default)]
     pub paid_checks: u64,
@@ -257,6 +260,13 @@ impl Shared {
         }
         c.stats.per_second[second] += 1;
         let over_capacity = Shared::over_capacity(c, config, now);
+        if over_capacity {
+            let throttled = &mut c.stats.throttled_per_second;
+            if throttled.len() <= second {
+                throttled.resize(second + 1, 0);
+            }
+            throttled[second] += 1;
+        }
         config.rate_limit.is_some_and(|n| in_window > n as usize) || over_capacity
     }
 

@@ -159,12 +159,10 @@ fn other_names_of_the_ledger(w: &World) -> Vec<std::path::PathBuf> {
     vec![alias, folder.join("ledger.sqlite3")]
 }
 
-#[tokio::test]
-async fn a_second_run_through_a_symlink_is_refused_before_it_writes_and_the_first_finishes() {
-    let w = World::start().await;
-    let input = w.input(&rows(DEPT, "ok-", 60));
+/// A run of `input` sending slowly, once it has sent its first request.
+async fn running_first(w: &World, input: &std::path::Path) -> tokio::process::Child {
     let first = w
-        .send_command(&input, &["--rate", "30", "--concurrency", "2"])
+        .send_command(input, &["--rate", "30", "--concurrency", "2"])
         .spawn()
         .unwrap();
     wait_for(
@@ -173,27 +171,42 @@ async fn a_second_run_through_a_symlink_is_refused_before_it_writes_and_the_firs
         || w.stats().total_requests >= 1,
     )
     .await;
+    first
+}
+
+/// A second `send` of `input` on `ledger` while `first` runs: exit 1, naming the ledger
+/// in use and the first run's process, with no results written. Its stderr.
+async fn assert_refused_while(
+    w: &World,
+    input: &std::path::Path,
+    ledger: &std::path::Path,
+    first: &tokio::process::Child,
+) -> String {
+    let mut second = w.command();
+    second
+        .arg("send")
+        .arg(input)
+        .args(["--base-url", &w.sim.base_url(), "--ledger"])
+        .arg(ledger)
+        .arg("--out")
+        .arg(w.path("second.csv"));
+    let out = second.output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}: {stderr}", ledger.display());
+    assert!(stderr.contains("is in use"), "{stderr}");
+    let pid = format!("pid {}", first.id().unwrap());
+    assert!(stderr.contains(&pid), "{stderr}");
+    assert!(!w.path("second.csv").exists());
+    stderr
+}
+
+#[tokio::test]
+async fn a_second_run_through_a_symlink_is_refused_before_it_writes_and_the_first_finishes() {
+    let w = World::start().await;
+    let input = w.input(&rows(DEPT, "ok-", 60));
+    let first = running_first(&w, &input).await;
     for name in other_names_of_the_ledger(&w) {
-        let before = w.stats().total_requests;
-        let mut second = w.command();
-        second
-            .arg("send")
-            .arg(&input)
-            .args(["--base-url", &w.sim.base_url(), "--ledger"])
-            .arg(&name)
-            .arg("--out")
-            .arg(w.path("second.csv"));
-        let out = second.output().await.unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", name.display());
-        assert!(stderr.contains("is in use"), "{stderr}");
-        assert!(
-            stderr.contains(&format!("pid {}", first.id().unwrap())),
-            "{stderr}"
-        );
-        assert!(!w.path("second.csv").exists());
-        // Whatever the first run wrote meanwhile, the second sent nothing.
-        assert!(w.stats().total_requests >= before);
+        assert_refused_while(&w, &input, &name, &first).await;
     }
     let first = w.finish(first.wait_with_output().await.unwrap());
     assert_eq!(first.code, 0, "{}", first.stderr);
@@ -209,33 +222,11 @@ async fn a_second_run_through_a_symlink_is_refused_before_it_writes_and_the_firs
 async fn a_second_run_on_the_same_ledger_exits_1_naming_the_ledger_and_the_other_process() {
     let w = World::start().await;
     let input = w.input(&rows(DEPT, "ok-", 100));
-    let mut first = w
-        .send_command(&input, &["--rate", "20", "--concurrency", "2"])
-        .spawn()
-        .unwrap();
-    wait_for(
-        "the first run to start sending",
-        Duration::from_secs(20),
-        || w.stats().total_requests >= 1,
-    )
-    .await;
-    let mut second = w.command();
-    second
-        .arg("send")
-        .arg(&input)
-        .args(["--base-url", &w.sim.base_url(), "--ledger"])
-        .arg(w.ledger())
-        .arg("--out")
-        .arg(w.path("second.csv"));
-    let out = second.output().await.unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let first = running_first(&w, &input).await;
+    let stderr = assert_refused_while(&w, &input, &w.ledger(), &first).await;
     assert!(stderr.contains("ledger.sqlite3"), "{stderr}");
-    assert!(
-        stderr.contains(&format!("pid {}", first.id().unwrap())),
-        "{stderr}"
-    );
     signal(&first, libc::SIGINT);
+    let mut first = first;
     first.wait().await.unwrap();
     no_invoice_twice(&w);
 }

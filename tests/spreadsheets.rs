@@ -484,14 +484,15 @@ fn requests(w: &World) -> Vec<(String, String)> {
 
 #[tokio::test]
 #[ignore = "needs LibreOffice: run scripts/test"]
-async fn the_sample_saved_by_libreoffice_as_xlsx_and_ods_sends_the_csvs_requests_byte_for_byte() {
+async fn the_sample_saved_by_libreoffice_as_xlsx_ods_and_xls_sends_the_csvs_requests_byte_for_byte()
+{
     let by_csv = World::start().await;
     let csv = by_csv.sample("invoices.csv");
     let run = by_csv.send(&csv, &[]).await;
     assert!(matches!(run.code, 0 | 2), "{}", run.stderr);
     let want = requests(&by_csv);
     assert!(want.len() > 20, "{want:?}");
-    for to in ["xlsx", "ods"] {
+    for to in ["xlsx", "ods", "xls"] {
         let w = World::start().await;
         let book = soffice(&w.sample("invoices.csv"), to, w.dir.path());
         let run = w.send(&book, &[]).await;

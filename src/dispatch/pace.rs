@@ -174,9 +174,14 @@ mod tests {
     use super::*;
 
     /// A token-bucket server of `capacity(t)` per second with a burst of a fifth of it,
-    /// answering at once; a client sending whenever the pace allows, for `secs`.
-    /// (achieved successes per second / mean capacity, share throttled, seconds to 90%).
-    fn run(capacity: impl Fn(f64) -> f64, secs: f64, remembered: Option<f64>) -> (f64, f64, f64) {
+    /// answering at once, and a client sending whenever the pace allows, for `secs`;
+    /// `each(t, accepted, pace)` for every request.
+    fn drive(
+        capacity: impl Fn(f64) -> f64,
+        secs: f64,
+        remembered: Option<f64>,
+        mut each: impl FnMut(f64, bool, &Pace),
+    ) {
         let bounds = AutoRate {
             start: 5.0,
             min: 1.0,
@@ -186,8 +191,6 @@ mod tests {
         let t0 = Instant::now();
         let mut pace = Pace::new(bounds, t0);
         let (mut t, mut tokens, mut last) = (0.0f64, capacity(0.0) / 5.0, 0.0f64);
-        let (mut ok, mut throttled, mut capacity_sum) = (0u64, 0u64, 0.0);
-        let mut per_second = vec![0u64; secs as usize + 1];
         while t < secs {
             let n = capacity(t);
             tokens = (tokens + (t - last) * n).min((n / 5.0).max(1.0));
@@ -197,25 +200,31 @@ mod tests {
             let accepted = tokens >= 1.0;
             if accepted {
                 tokens -= 1.0;
+            }
+            pace.answered(at, at + Duration::from_millis(20), !accepted);
+            each(t, accepted, &pace);
+            t += 1.0 / pace.rate();
+        }
+    }
+
+    /// (successes per second / mean capacity, share throttled, seconds to 90%).
+    fn run(capacity: impl Fn(f64) -> f64, secs: f64, remembered: Option<f64>) -> (f64, f64, f64) {
+        let (mut ok, mut throttled) = (0u64, 0u64);
+        let mut per_second = vec![0u64; secs as usize + 1];
+        drive(&capacity, secs, remembered, |t, accepted, _| {
+            if accepted {
                 ok += 1;
                 per_second[t as usize] += 1;
             } else {
                 throttled += 1;
             }
-            pace.answered(at, at + Duration::from_millis(20), !accepted);
-            t += 1.0 / pace.rate();
-        }
-        for s in 0..secs as usize {
-            capacity_sum += capacity(s as f64);
-        }
+        });
+        let capacity_sum: f64 = (0..secs as usize).map(|s| capacity(s as f64)).sum();
         let first_90 = (0..secs as usize)
             .find(|s| per_second[*s] as f64 >= 0.9 * capacity(*s as f64))
             .unwrap_or(usize::MAX) as f64;
-        (
-            ok as f64 / capacity_sum,
-            throttled as f64 / (ok + throttled) as f64,
-            first_90,
-        )
+        let share = throttled as f64 / (ok + throttled) as f64;
+        (ok as f64 / capacity_sum, share, first_90)
     }
 
     #[test]
@@ -231,39 +240,16 @@ mod tests {
     #[test]
     fn a_capacity_drop_is_followed_within_a_few_seconds() {
         let capacity = |t: f64| if t < 30.0 { 40.0 } else { 15.0 };
-        let bounds = AutoRate {
-            start: 5.0,
-            min: 1.0,
-            max: 500.0,
-            remembered: None,
-        };
-        let t0 = Instant::now();
-        let mut pace = Pace::new(bounds, t0);
-        let (mut t, mut tokens, mut last) = (0.0f64, 8.0f64, 0.0f64);
-        let mut under_at = None;
-        while t < 45.0 {
-            let n = capacity(t);
-            tokens = (tokens + (t - last) * n).min(n / 5.0);
-            last = t;
-            let at = t0 + Duration::from_secs_f64(t);
-            pace.sent(at);
-            let accepted = tokens >= 1.0;
-            if accepted {
-                tokens -= 1.0;
-            }
-            pace.answered(at, at + Duration::from_millis(20), !accepted);
+        let (mut under_at, mut last_rate) = (None, 0.0);
+        drive(capacity, 45.0, None, |t, _, pace| {
             if t > 30.0 && under_at.is_none() && pace.rate() <= 15.0 {
                 under_at = Some(t);
             }
-            t += 1.0 / pace.rate();
-        }
+            last_rate = pace.rate();
+        });
         let after = under_at.expect("the pace went under the new capacity") - 30.0;
         assert!(after <= 5.0, "under 15/s {after:.1} s after the drop");
-        assert!(
-            pace.rate() >= 0.7 * 15.0 && pace.rate() <= 16.0,
-            "{}",
-            pace.rate()
-        );
+        assert!((0.7 * 15.0..=16.0).contains(&last_rate), "{last_rate}");
     }
 
     #[test]

@@ -158,18 +158,20 @@ fn write_results(
         StopReason::not_sent_message,
     );
     let missing = Outcome::plain(Status::NotSent, unsent.clone(), now);
-    if served.failed.is_none() {
-        let store = &mut served.store;
-        store.settle(&RunEnd { stop }, now)?;
-        let mut rows = |f: &mut dyn FnMut(ledger::ResultRow) -> Result<()>| store.results(run, f);
-        return results::render(
+    let render = |rows: results::Rows| {
+        results::render(
             &input.path,
             &input.options,
-            &mut rows,
+            rows,
             &config.out,
             &missing,
             &about,
-        );
+        )
+    };
+    if served.failed.is_none() {
+        let store = &mut served.store;
+        store.settle(&RunEnd { stop }, now)?;
+        return render(&mut |f| store.results(run, f));
     }
     let mut kept = kept_outcomes(served.kept.drain(..), &engine.shared);
     let store = &mut served.store;
@@ -184,15 +186,7 @@ fn write_results(
             f(row)
         })
     };
-    let rendered = results::render(
-        &input.path,
-        &input.options,
-        &mut rows,
-        &config.out,
-        &missing,
-        &about,
-    );
-    rendered.or_else(|e| {
+    render(&mut rows).or_else(|e| {
         tracing::warn!(
             "the ledger cannot be read back ({e:#}); the results say what this run kept"
         );
