@@ -191,7 +191,7 @@ pub struct SimulateArgs {
     pub capacity: Option<f64>,
     /// The capacity changing over time, from the first request: "0s:40,30s:15,60s:40".
     #[arg(long, value_name = "SCHEDULE", value_parser = parse_schedule)]
-    pub capacity_schedule: Option<Vec<(std::time::Duration, f64)>>,
+    pub capacity_schedule: Option<Schedule>,
     /// Check Basic auth against this username (with --password).
     #[arg(long, requires = "password")]
     pub username: Option<String>,
@@ -304,7 +304,11 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
     }
 }
 
-pub fn parse_schedule(s: &str) -> Result<Vec<(std::time::Duration, f64)>, String> {
+/// `--capacity-schedule`: (time from the first request, requests per second), in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule(pub Vec<(std::time::Duration, f64)>);
+
+pub fn parse_schedule(s: &str) -> Result<Schedule, String> {
     let mut steps = Vec::new();
     for step in s.split(',') {
         let (at, n) = step
@@ -321,7 +325,7 @@ pub fn parse_schedule(s: &str) -> Result<Vec<(std::time::Duration, f64)>, String
         steps.push((at, n));
     }
     steps.sort_by_key(|(at, _)| *at);
-    Ok(steps)
+    Ok(Schedule(steps))
 }
 
 pub fn parse_encoding(s: &str) -> Result<&'static encoding_rs::Encoding, String> {
@@ -339,5 +343,56 @@ pub fn parse_delimiter(s: &str) -> Result<u8, String> {
         _ => Err(format!(
             "{s:?} is not a single ASCII character (use ',', ';' or 'tab')"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    /// clap matches an option's type to its parser only when the option is given: each
+    /// option whose parser returns its own type is given here once.
+    #[test]
+    fn options_with_their_own_parsers_read_into_their_types() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "invoice-dispatch",
+            "simulate",
+            "--capacity-schedule",
+            "30s:15,0s:40",
+        ])
+        .unwrap();
+        let Command::Simulate(args) = cli.command else {
+            panic!("not simulate")
+        };
+        let want = vec![
+            (std::time::Duration::ZERO, 40.0),
+            (std::time::Duration::from_secs(30), 15.0),
+        ];
+        assert_eq!(args.capacity_schedule, Some(Schedule(want)));
+        let cli = Cli::try_parse_from([
+            "invoice-dispatch",
+            "send",
+            "in.xlsx",
+            "--rate",
+            "auto",
+            "--max-rate",
+            "80",
+            "--sheet",
+            "2",
+            "--encoding",
+            "windows-1252",
+            "--delimiter",
+            ";",
+        ])
+        .unwrap();
+        let Command::Send(args) = cli.command else {
+            panic!("not send")
+        };
+        assert_eq!((args.rate, args.max_rate), (Some(Rate::Auto), Some(80.0)));
+        assert_eq!(args.common.encoding, Some(encoding_rs::WINDOWS_1252));
+        assert!(parse_schedule("30:15").is_err() && parse_rate("fast").is_err());
     }
 }

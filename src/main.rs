@@ -151,7 +151,7 @@ async fn simulate(args: SimulateArgs) -> Result<()> {
         rate_limit: args.rate_limit,
         capacity: match (args.capacity, args.capacity_schedule) {
             (Some(n), _) => vec![(std::time::Duration::ZERO, n)],
-            (None, Some(schedule)) => schedule,
+            (None, Some(schedule)) => schedule.0,
             (None, None) => Vec::new(),
         },
         username: args.username,

@@ -108,9 +108,8 @@ async fn paid_checks_spend_the_same_budget() {
         .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let stats = w.stats();
-    // Each invoice checked (a throttled check is asked again) and sent once.
-    assert_eq!(stats.total_requests, 120);
-    assert!(stats.paid_checks >= 120, "{}", stats.paid_checks);
+    // Each invoice checked and sent; what came on top was throttled and asked again.
+    assert_eq!(run.count("sent"), 120);
     assert_eq!(
         stats.paid_checks + stats.total_requests - 240,
         count_429(&w)
