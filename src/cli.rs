@@ -31,7 +31,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Send one payment request per row of INPUT and write a results CSV.
+    /// Send one payment request per row of INPUT and write its results.
     Send(Box<SendArgs>),
     /// Parse and check every row of INPUT; send nothing. Exits 2 if any row is invalid.
     Validate(InputArgs),
@@ -71,7 +71,8 @@ pub struct InputArgs {
 pub struct SendArgs {
     #[command(flatten)]
     pub common: InputArgs,
-    /// Results CSV. Default: INPUT.results.csv beside the input. Replaced atomically.
+    /// Results file: a workbook when it ends in .xlsx, else a CSV. Default: beside the
+    /// input, INPUT.results.csv (INPUT.results.xlsx for a workbook). Replaced atomically.
     #[arg(long, short, value_name = "PATH")]
     pub out: Option<PathBuf>,
     /// API base URL (default https://api.mykaarma.com/payment). http:// only for loopback.
@@ -241,7 +242,7 @@ pub struct HistoryArgs {
 pub struct ExportArgs {
     /// The run, as `runs` names it (r42).
     pub run: String,
-    /// Write the CSV here instead of to stdout.
+    /// Write to this file instead of stdout: a workbook when it ends in .xlsx, else a CSV.
     #[arg(long, short, value_name = "FILE")]
     pub out: Option<PathBuf>,
     #[command(flatten)]
