@@ -62,10 +62,10 @@ fn fail(e: anyhow::Error) -> ExitCode {
 fn execute(config: Config, runtime: &tokio::runtime::Runtime, screen: &Screen) -> Result<u8> {
     match config.command {
         Command::Send(send) => {
-            run::preflight(&send)?;
-            let total = run::ask(&send, &config.clock)?;
-            let (progress, quiet) = (send.ui.progress, send.ui.quiet);
-            let handle = run::start(*send, config.clock)?;
+            let prepared = run::prepare(*send)?;
+            let total = run::ask(prepared.config(), &config.clock)?;
+            let (progress, quiet) = (prepared.config().ui.progress, prepared.config().ui.quiet);
+            let handle = run::start_prepared(prepared, config.clock, None)?;
             watch_signals(handle.controls())?;
             if !quiet {
                 let bar = (progress && Screen::can_show_bar()).then(|| screen.clone());

@@ -42,6 +42,7 @@ pub fn sort(record: Record, seen: &mut seen::Batch) -> Result<Entry> {
 /// Every record of the input, sorted, with how many of each kind there were.
 fn check(input: &Input, mut each: impl FnMut(&Entry) -> Result<()>) -> Result<Counted> {
     let mut reader = InputReader::open(&input.path, &input.options)?;
+    tell_how_read(&reader);
     let mut seen = Seen::new()?;
     let mut raw = csv::ByteRecord::new();
     let mut counted = Counted::default();
@@ -71,7 +72,6 @@ struct Counted {
 pub fn validate(input: &Input) -> Result<u8> {
     let mut stdout = std::io::stdout().lock();
     let name = input.path.display();
-    read_as(input)?;
     let counted = check(input, |entry| {
         match &entry.kind {
             EntryKind::Invalid(message) => writeln!(stdout, "{name}: invalid: {message}")?,
@@ -94,7 +94,6 @@ pub fn validate(input: &Input) -> Result<u8> {
 
 /// `send --dry-run`: `validate`, plus the request each valid row would make.
 pub fn dry_run(config: &DryRun, clock: &Clock) -> Result<Summary> {
-    read_as(&config.input)?;
     for plan in plans(config.window.as_ref(), config.skip_paid, clock) {
         eprintln!("{plan}");
     }
@@ -203,8 +202,12 @@ pub fn ask(config: &Send, clock: &Clock) -> Result<Option<u64>> {
 /// Fatal input problems (missing file, missing column) and unwritable outputs stop the run
 /// before anything else.
 /// The sheet read, for a workbook.
-pub fn preflight(config: &Send) -> Result<Option<String>> {
-    let sheet = read_as(&config.input)?;
+pub(super) fn preflight(config: &Send) -> Result<Option<String>> {
+    // Opening a workbook reads its sheet whole: a hostile or broken one is refused here.
+    let input = &config.input;
+    let reader = InputReader::open(&input.path, &input.options)?;
+    tell_how_read(&reader);
+    let sheet = reader.sheet().map(str::to_string);
     check_writable(&config.out, "results")?;
     if let Some(report) = &config.evidence.report {
         check_writable(report, "the report")?;
@@ -218,21 +221,14 @@ pub fn preflight(config: &Send) -> Result<Option<String>> {
     Ok(sheet)
 }
 
-/// Opens the input to say how it is read: a workbook's sheet (read whole now, so that a
-/// hostile or broken one is refused before anything is sent) and what a person should
-/// know of it. The sheet's name, if any.
-pub fn read_as(input: &Input) -> Result<Option<String>> {
-    let mut reader = InputReader::open(&input.path, &input.options)?;
-    let Some(sheet) = reader.sheet().map(str::to_string) else {
-        return Ok(None);
-    };
-    tracing::info!("reading sheet {sheet:?} of {}", input.path.display());
+/// Says how the input is read: a workbook's sheet, and what a person should know of it.
+fn tell_how_read(reader: &InputReader) {
+    if let Some(sheet) = reader.sheet() {
+        tracing::info!("reading sheet {sheet:?} of {}", reader.path().display());
+    }
     for note in reader.notes() {
         tracing::warn!("{note}");
     }
-    let mut raw = csv::ByteRecord::new();
-    while reader.next_record(&mut raw)?.is_some() {}
-    Ok(Some(sheet))
 }
 
 /// Fails early, before anything is sent, if `path` cannot be written.

@@ -34,7 +34,7 @@ use crate::results::{self, Rendered};
 use crate::simulator::{SimConfig, Simulator};
 use crate::window::{in_words, SendWindow, Standing};
 
-pub use check::{ask, check_writable, dry_run, plans, preflight, preview, sort, validate, Preview};
+pub use check::{ask, check_writable, dry_run, plans, preview, sort, validate, Preview};
 pub use handle::{Controls, Event, Handle, State};
 pub use summary::Summary;
 use summary::{warn_on, Evidence};
@@ -45,15 +45,43 @@ pub(crate) struct Engine {
     shared: Shared,
 }
 
-/// Starts `send` on a thread of its own. The input and outputs are checked first, so a
-/// missing file or an unwritable folder is an error here, before anything starts.
+/// A send whose input and outputs were checked ([`prepare`]), ready to start.
+pub struct Prepared {
+    config: Send,
+    /// The sheet read, for a workbook.
+    sheet: Option<String>,
+}
+
+impl Prepared {
+    pub fn config(&self) -> &Send {
+        &self.config
+    }
+}
+
+/// Checks the input and outputs, so that a missing file, a hostile workbook or an
+/// unwritable folder is an error before anything starts (and before any question).
+pub fn prepare(config: Send) -> Result<Prepared> {
+    let sheet = check::preflight(&config)?;
+    Ok(Prepared { config, sheet })
+}
+
+/// Prepares `send` and starts it on a thread of its own.
 pub fn start(config: Send, clock: Clock) -> Result<Handle> {
-    start_on(config, clock, None)
+    start_prepared(prepare(config)?, clock, None)
 }
 
 /// [`start`], on a ledger store the caller opened (tests wrap one to make it fail).
 pub fn start_on(config: Send, clock: Clock, store: Option<Box<dyn Store>>) -> Result<Handle> {
-    let sheet = check::preflight(&config)?;
+    start_prepared(prepare(config)?, clock, store)
+}
+
+/// Starts a prepared send, on `store` if given (else the configured ledger).
+pub fn start_prepared(
+    prepared: Prepared,
+    clock: Clock,
+    store: Option<Box<dyn Store>>,
+) -> Result<Handle> {
+    let Prepared { config, sheet } = prepared;
     let overrides = crate::domain::test_overrides();
     if !overrides.is_empty() {
         tracing::warn!(
