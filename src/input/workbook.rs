@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use calamine::{Data, DataRef, Reader};
+use calamine::{Data, Reader};
 use csv::ByteRecord;
 
 use super::{Invalid, Request};
@@ -27,6 +27,8 @@ const MAX_UNPACKED: u64 = 1 << 30;
 const MAX_RATIO: u64 = 100;
 /// ...once it unpacks to more than this: small parts of repeated XML compress that well.
 const RATIO_FROM: u64 = 1 << 20;
+/// What a formula cell without a saved value says.
+const NO_VALUE: &str = "the cell holds a formula without a saved value: open the file in the spreadsheet and save it again";
 /// A worksheet's rows.
 pub const MAX_ROWS: u32 = 1_048_576;
 
@@ -117,12 +119,25 @@ fn zip_kind(file: File) -> Result<Kind, String> {
 }
 
 /// Whether the UTF-16 name appears anywhere in the file (an OLE directory entry).
+/// Read in chunks that overlap by the name's length, so a workbook of any size costs a
+/// chunk of memory.
 fn contains_utf16(file: &mut File, name: &str) -> io::Result<bool> {
     let needle: Vec<u8> = name.encode_utf16().flat_map(u16::to_le_bytes).collect();
     file.seek(SeekFrom::Start(0))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    Ok(bytes.windows(needle.len()).any(|w| w == needle))
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut kept = 0;
+    loop {
+        let n = read_up_to(file, &mut chunk[kept..])?;
+        let filled = kept + n;
+        if chunk[..filled].windows(needle.len()).any(|w| w == needle) {
+            return Ok(true);
+        }
+        if n == 0 || filled < chunk.len() {
+            return Ok(false);
+        }
+        kept = needle.len() - 1;
+        chunk.copy_within(filled - kept..filled, 0);
+    }
 }
 
 /// Which sheet to read: `--sheet NAME|N` (1-based), or the first.
@@ -238,8 +253,8 @@ pub fn convert(path: &Path, kind: Kind, sheet: Option<&str>) -> Result<Converted
                 .map_err(|e| damaged(&e))?;
             while let Some(c) = cells.next_cell_with_formula().map_err(|e| damaged(&e))? {
                 let (row, col) = c.pos;
-                let cell = of_ref(col as usize, &c.value, c.formula.is_some());
-                out.cell(row, cell)?;
+                let formula = c.formula.is_some();
+                out.cell(row, of_data(col as usize, &Data::from(c.value), formula))?;
             }
             name
         }
@@ -249,19 +264,13 @@ pub fn convert(path: &Path, kind: Kind, sheet: Option<&str>) -> Result<Converted
             let values = book.worksheet_range(&name).map_err(|e| damaged(&e))?;
             let formulas = book.worksheet_formula(&name).unwrap_or_default();
             for (row, col, value) in values.used_cells() {
-                let (r, c) = (
-                    values.start().unwrap_or((0, 0)).0 + row as u32,
-                    values.start().unwrap_or((0, 0)).1 + col as u32,
-                );
+                let (r, c) = at(&values, row, col);
                 let formula = formulas.get_value((r, c)).is_some_and(|f| !f.is_empty());
                 out.cell(r, of_data(c as usize, value, formula))?;
             }
             // Formulas whose cells have no value at all are not among the used cells.
             for (row, col, f) in formulas.used_cells() {
-                let (r, c) = (
-                    formulas.start().unwrap_or((0, 0)).0 + row as u32,
-                    formulas.start().unwrap_or((0, 0)).1 + col as u32,
-                );
+                let (r, c) = at(&formulas, row, col);
                 if !f.is_empty() && values.get_value((r, c)).is_none_or(|v| *v == Data::Empty) {
                     out.late(r, c as usize);
                 }
@@ -273,24 +282,14 @@ pub fn convert(path: &Path, kind: Kind, sheet: Option<&str>) -> Result<Converted
     out.finish(name)
 }
 
-fn damaged(e: &dyn std::fmt::Display) -> String {
-    format!("the workbook cannot be read ({e}); save it again, or export it as CSV UTF-8")
+/// A used cell's place in the sheet: used cells are numbered from the range's start.
+fn at<T: calamine::CellType>(range: &calamine::Range<T>, row: usize, col: usize) -> (u32, u32) {
+    let (r0, c0) = range.start().unwrap_or((0, 0));
+    (r0 + row as u32, c0 + col as u32)
 }
 
-fn of_ref(col: usize, value: &DataRef, formula: bool) -> Cell {
-    let data = match value {
-        DataRef::SharedString(s) => Data::String((*s).to_string()),
-        DataRef::String(s) => Data::String(s.clone()),
-        DataRef::Int(i) => Data::Int(*i),
-        DataRef::Float(f) => Data::Float(*f),
-        DataRef::Bool(b) => Data::Bool(*b),
-        DataRef::DateTime(d) => Data::DateTime(*d),
-        DataRef::DateTimeIso(s) => Data::DateTimeIso(s.clone()),
-        DataRef::DurationIso(s) => Data::DurationIso(s.clone()),
-        DataRef::Error(e) => Data::Error(e.clone()),
-        DataRef::Empty => Data::Empty,
-    };
-    of_data(col, &data, formula)
+fn damaged(e: &dyn std::fmt::Display) -> String {
+    format!("the workbook cannot be read ({e}); save it again, or export it as CSV UTF-8")
 }
 
 /// The text a person sees in the cell's CSV export (SPEC section 14).
@@ -308,7 +307,7 @@ fn of_data(col: usize, value: &Data, formula: bool) -> Cell {
     };
     let problem = match value {
         Data::Error(e) => Some(format!("the cell holds the error {e}")),
-        Data::Empty if formula => Some("the cell holds a formula without a saved value: open the file in the spreadsheet and save it again".into()),
+        Data::Empty if formula => Some(NO_VALUE.into()),
         _ => None,
     };
     Cell {
@@ -371,10 +370,11 @@ impl Out {
 
     /// A formula cell without a value, found after its row was written.
     fn late(&mut self, row: u32, col: usize) {
-        if let Some(record) = self.rows.iter().position(|r| *r == row + 1) {
-            self.problems.entry((record, col)).or_insert_with(|| {
-                "the cell holds a formula without a saved value: open the file in the spreadsheet and save it again".into()
-            });
+        // Rows are written in order, so their numbers are sorted.
+        if let Ok(record) = self.rows.binary_search(&(row + 1)) {
+            self.problems
+                .entry((record, col))
+                .or_insert_with(|| NO_VALUE.into());
         }
     }
 
