@@ -237,16 +237,17 @@ fn throttled(attempt: &Attempt) -> bool {
 }
 
 /// What an answer is called in the row's history of attempts.
-fn words(verdict: &Verdict) -> String {
+/// Borrowed but for a check's words: it is on every row's path.
+fn words(verdict: &Verdict) -> std::borrow::Cow<'_, str> {
     match verdict {
         Verdict::Done(_, message, Effect::StopRun(why) | Effect::BlockDepartment(why))
             if message.is_empty() =>
         {
-            why.clone()
+            why.into()
         }
-        Verdict::Done(_, message, _) => message.clone(),
+        Verdict::Done(_, message, _) => message.into(),
         Verdict::Proceed => "paid-status check: not paid".into(),
-        Verdict::Skip(skip) => format!("paid-status check: {}", skip.message()),
-        Verdict::RetrySafe { why, .. } | Verdict::Ambiguous(why) => why.clone(),
+        Verdict::Skip(skip) => format!("paid-status check: {}", skip.message()).into(),
+        Verdict::RetrySafe { why, .. } | Verdict::Ambiguous(why) => why.into(),
     }
 }

@@ -106,12 +106,13 @@ impl super::Sink for Sink {
         }
         let (row, inputs) = (self.row, self.inputs);
         let status = &self.statuses[Status::ALL.iter().position(|s| *s == o.status).unwrap_or(0)];
-        let date = self.date.clone();
+        let date = &self.date;
         let sheet = self.workbook.worksheet_from_index(0)?;
         for (col, cell) in input.iter().enumerate() {
             let text = String::from_utf8_lossy(cell);
             let number = self.numbers.get(col).copied().unwrap_or(false);
-            match text.parse::<f64>().ok().filter(|n| number && n.is_finite()) {
+            let parsed = number.then(|| text.parse::<f64>().ok()).flatten();
+            match parsed.filter(|n| n.is_finite()) {
                 Some(n) => sheet.write_number(row, col as u16, n)?,
                 None => sheet.write_string(row, col as u16, clipped(&text))?,
             };
@@ -137,7 +138,7 @@ impl super::Sink for Sink {
             }
         }
         match ExcelDateTime::from_timestamp(o.completed_at.timestamp()) {
-            Ok(t) => sheet.write_datetime_with_format(row, at(10), &t, &date)?,
+            Ok(t) => sheet.write_datetime_with_format(row, at(10), &t, date)?,
             Err(_) => sheet.write_string(row, at(10), crate::domain::rfc3339(o.completed_at))?,
         };
         self.row += 1;
