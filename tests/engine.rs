@@ -50,15 +50,6 @@ fn send_config(w: &World, input: &Path, extra: &[&str]) -> config::Send {
     }
 }
 
-/// The results file as the world's tests read it.
-fn results(w: &World) -> Run {
-    w.finish(std::process::Output {
-        status: std::os::unix::process::ExitStatusExt::from_raw(0),
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-    })
-}
-
 /// Waits for the run's summary without holding up this test's runtime, which serves the
 /// simulator.
 async fn finished(handle: run::Handle) -> run::Summary {
@@ -117,7 +108,7 @@ async fn the_handle_pauses_resumes_and_stops_a_run_and_no_request_leaves_while_p
     let summary = finished(handle).await;
     assert_eq!(summary.exit_code, 130, "{summary:?}");
     assert!(summary.paused_seconds >= 1.0, "{summary:?}");
-    let run = results(&w);
+    let run = w.left_behind();
     assert_eq!(run.rows.len(), 300);
     let sent = run.count("sent");
     assert_eq!(sent as u64, w.stats().total_requests);
@@ -138,7 +129,7 @@ async fn a_run_through_the_handle_writes_what_the_command_line_writes() {
     let summary = finished(handle).await;
     let cli = by_cli.send(&by_cli.input(&rows_in), &[]).await;
     assert_eq!(i32::from(summary.exit_code), cli.code, "{}", cli.stderr);
-    let handle_rows = results(&by_handle).rows;
+    let handle_rows = by_handle.left_behind().rows;
     assert_eq!(handle_rows.len(), cli.rows.len());
     for (a, b) in handle_rows.iter().zip(&cli.rows) {
         for column in [
@@ -242,7 +233,7 @@ fn assert_failed_run_left_results(w: &World, (code, stopped): (u8, &str), rows: 
         stopped.contains("the ledger could not be written"),
         "{stopped}"
     );
-    let run = results(w);
+    let run = w.left_behind();
     assert_eq!(run.rows.len(), rows, "every row is in the results");
     no_invoice_twice(w);
     for row in &run.rows {

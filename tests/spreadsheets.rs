@@ -391,7 +391,6 @@ async fn hostile_workbooks_are_refused_before_any_request_saying_which() {
         ("random.xlsx", "binary data"),
         ("locked.xlsx", "encrypted"),
     ] {
-        let started = std::time::Instant::now();
         let run = tokio::time::timeout(
             std::time::Duration::from_secs(20),
             w.send(&w.path(name), &[]),
@@ -406,7 +405,6 @@ async fn hostile_workbooks_are_refused_before_any_request_saying_which() {
             run.stderr
         );
         assert_eq!(w.stats().total_requests, 0, "{name}");
-        assert!(started.elapsed().as_secs() < 20);
     }
     assert!(
         children_peak_mib() < 300,

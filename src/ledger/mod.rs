@@ -279,11 +279,13 @@ pub struct ResultRow {
     pub outcome: Outcome,
     /// Admitted, and not settled: its run is still going, or died, or its ledger failed.
     pub unfinished: bool,
+    /// Kept by the run itself, not read from the ledger: matched to its input row by
+    /// position alone (it has no key to check).
+    pub kept: bool,
 }
 
 impl ResultRow {
-    /// An outcome the run kept itself when its ledger could not be read back: matched to
-    /// its input row by position alone (line 0 says so).
+    /// An outcome the run kept itself when its ledger could not be read back.
     pub fn kept(seq: u64, outcome: Outcome) -> ResultRow {
         ResultRow {
             seq,
@@ -291,6 +293,7 @@ impl ResultRow {
             key: None,
             outcome,
             unfinished: false,
+            kept: true,
         }
     }
 
@@ -319,6 +322,7 @@ impl ResultRow {
             key,
             outcome,
             unfinished: parsed.is_none(),
+            kept: false,
         }
     }
 }

@@ -245,7 +245,7 @@ impl Merge<'_> {
                     }
                     (Err(_), None) => true,
                     // Kept by the run, not read from the ledger (`ResultRow::kept`).
-                    (_, None) => r.line == 0,
+                    (_, None) => r.kept,
                     _ => false,
                 };
             if !same {

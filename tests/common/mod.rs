@@ -257,6 +257,17 @@ impl World {
 
     /// Collects a finished process's output, results and summary.
     pub fn finish(&self, out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            ..self.left_behind()
+        }
+    }
+
+    /// The results and summary files a run left, for a run that was no process of its
+    /// own (the engine driven through its handle): no exit code (-1), no output.
+    pub fn left_behind(&self) -> Run {
         // Lossy: an input in another encoding is carried into the results byte for byte.
         let results_text = std::fs::read(self.path("results.csv"))
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -266,9 +277,9 @@ impl World {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(serde_json::Value::Null);
         Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code: -1,
+            stdout: String::new(),
+            stderr: String::new(),
             rows: parse_results(&results_text),
             results_text,
             summary,
