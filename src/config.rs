@@ -416,10 +416,7 @@ fn credentials(file: &FileConfig, warnings: &mut Vec<String>) -> Result<Option<C
 }
 
 /// `rate = "auto"`: the pace's bounds (SPEC section 16).
-fn auto_rate(args: &SendArgs, file: &FileConfig) -> Result<Option<dispatch::AutoRate>> {
-    if args.rate.or(file.rate) != Some(cli::Rate::Auto) {
-        return Ok(None);
-    }
+fn auto_rate(args: &SendArgs, file: &FileConfig) -> Result<dispatch::AutoRate> {
     let bounds = dispatch::AutoRate {
         start: file.rate_start.unwrap_or(5.0),
         min: file.min_rate.unwrap_or(1.0),
@@ -435,17 +432,16 @@ fn auto_rate(args: &SendArgs, file: &FileConfig) -> Result<Option<dispatch::Auto
             bounds.max
         );
     }
-    Ok(Some(bounds))
+    Ok(bounds)
 }
 
 fn dispatch_settings(args: &SendArgs, file: &FileConfig) -> Result<dispatch::Settings> {
-    let rate = match args.rate.or(file.rate) {
-        Some(cli::Rate::Fixed(n)) => n,
-        // The auto pace decides; the fixed one stays as a bound nobody reaches.
-        Some(cli::Rate::Auto) => 0,
-        None => 10,
+    // With an auto pace the fixed rate is unused: 0, no limit of its own.
+    let (rate, auto) = match args.rate.or(file.rate) {
+        Some(cli::Rate::Fixed(n)) => (n, None),
+        Some(cli::Rate::Auto) => (0, Some(auto_rate(args, file)?)),
+        None => (10, None),
     };
-    let auto = auto_rate(args, file)?;
     let burst = args.burst.or(file.burst).unwrap_or(5);
     let concurrency = args.concurrency.or(file.concurrency).unwrap_or(8);
     let max_attempts = args.max_attempts.or(file.max_attempts).unwrap_or(5);

@@ -140,13 +140,15 @@ async fn lock_holder_lost_mid_run(w: &World, try_no: usize) {
 #[tokio::test]
 #[ignore = "needs PostgreSQL: run scripts/test"]
 async fn repeatable_read_by_default_a_lost_lock_holder_never_makes_a_double_send() {
-    let w = world_with_defaults(
-        &["default_transaction_isolation = 'repeatable read'"],
-        700,
-        300,
-    )
-    .await;
-    for try_no in 0..20 {
+    lock_holders_lost_under("repeatable read", 20).await;
+}
+
+/// `tries` of [`lock_holder_lost_mid_run`] on a database whose default isolation is
+/// `isolation`, answers taking 0.7-1 s.
+async fn lock_holders_lost_under(isolation: &str, tries: usize) {
+    let default = format!("default_transaction_isolation = '{isolation}'");
+    let w = world_with_defaults(&[&default], 700, 300).await;
+    for try_no in 0..tries {
         lock_holder_lost_mid_run(&w, try_no).await;
     }
 }
@@ -154,15 +156,7 @@ async fn repeatable_read_by_default_a_lost_lock_holder_never_makes_a_double_send
 #[tokio::test]
 #[ignore = "needs PostgreSQL: run scripts/test"]
 async fn serializable_by_default_the_second_run_starts_and_finishes() {
-    let w = world_with_defaults(
-        &["default_transaction_isolation = 'serializable'"],
-        700,
-        300,
-    )
-    .await;
-    for try_no in 0..4 {
-        lock_holder_lost_mid_run(&w, try_no).await;
-    }
+    lock_holders_lost_under("serializable", 4).await;
 }
 
 #[tokio::test]

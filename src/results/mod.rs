@@ -117,8 +117,8 @@ pub fn render(
     let mut rendered = Rendered::default();
     let header = header_row(reader.headers());
     if workbook::wanted(out) {
-        let mut sink = workbook::Sink::new(&header, reader.headers().len())?;
-        sink.numbers_in(reader.number_columns());
+        let inputs = reader.headers().len();
+        let mut sink = workbook::Sink::new(&header, inputs, reader.number_columns())?;
         merge(input, &mut reader, &mut sink, &mut rendered, rows, missing)?;
         let summary = about(&rendered.counts);
         replace_atomically(out, "the results", 0o600, |file| {
@@ -311,7 +311,7 @@ pub fn export_workbook(store: &mut dyn Store, record: &RunRecord, out: &Path) ->
     for c in COLUMNS {
         header.push_field(c.as_bytes());
     }
-    let mut sink = workbook::Sink::new(&header, 3)?;
+    let mut sink = workbook::Sink::new(&header, 3, Vec::new())?;
     let mut n = 0;
     let run = RunId::parse(&record.id).unwrap_or(RunId(0));
     store.results(run, &mut |r| {

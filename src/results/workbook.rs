@@ -43,7 +43,9 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn new(header: &ByteRecord, inputs: usize) -> Result<Sink> {
+    /// `numbers`: the input columns whose numbers are written as numbers, as the input
+    /// had them (a workbook's; empty for a CSV's, whose cells are all text).
+    pub fn new(header: &ByteRecord, inputs: usize, numbers: Vec<bool>) -> Result<Sink> {
         let mut workbook = Workbook::new();
         let bold = Format::new().set_bold();
         let sheet = workbook.add_worksheet_with_constant_memory()?;
@@ -68,13 +70,8 @@ impl Sink {
             bold,
             date: Format::new().set_num_format("yyyy-mm-dd hh:mm:ss"),
             statuses,
-            numbers: Vec::new(),
+            numbers,
         })
-    }
-
-    /// Writes the input's numbers in these columns as numbers, as the input had them.
-    pub fn numbers_in(&mut self, columns: Vec<bool>) {
-        self.numbers = columns;
     }
 
     /// Adds the filter and the Summary sheet, and writes the workbook to `out`.
