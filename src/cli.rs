@@ -43,6 +43,9 @@ pub enum Command {
     History(HistoryArgs),
     /// A run's rows as a results-shaped CSV, from the ledger alone.
     Export(ExportArgs),
+    /// Open the desk: a page in the browser to check a spreadsheet, send it, watch, pause
+    /// and resume it, and look back; for a one-off send without the command line.
+    Desk(DeskArgs),
     /// Record a person's verdict (column `resolution`: delivered / not delivered) on the
     /// unknown rows of a results file.
     Resolve(ResolveArgs),
@@ -167,6 +170,29 @@ pub struct SendArgs {
         hide_env_values = true
     )]
     pub ping_url: Option<String>,
+    /// Typed into the desk's page: kept in memory only, never a flag.
+    #[arg(skip)]
+    pub credentials: Option<crate::client::Credentials>,
+}
+
+#[derive(Args, Debug)]
+pub struct DeskArgs {
+    /// Address to listen on: loopback only. Default: a free port on 127.0.0.1.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub listen: String,
+    /// Print the desk's address; do not open a browser.
+    #[arg(long)]
+    pub no_open: bool,
+    /// The ledger sends are recorded in. Default: the `ledger` key of the config, or the
+    /// user's data folder. Rehearsals are recorded there too, apart from real sends.
+    #[arg(long, env = "INVOICE_DISPATCH_LEDGER", value_name = "PATH")]
+    pub ledger: Option<String>,
+    /// Config file (TOML): rate, send window, ledger, credentials...; as for `send`.
+    #[arg(long, env = "INVOICE_DISPATCH_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The myKaarma API's base URL (default https://api.mykaarma.com/payment).
+    #[arg(long, env = "INVOICE_DISPATCH_BASE_URL", value_name = "URL")]
+    pub base_url: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -117,6 +117,7 @@ pub enum Command {
     Validate(Input),
     Simulate(SimulateArgs),
     Look(Look),
+    Desk(cli::DeskArgs),
 }
 
 /// The input file and how to read it.
@@ -149,6 +150,8 @@ impl Target {
 pub struct Send {
     pub input: Input,
     pub out: PathBuf,
+    /// The results once more, in the other format (the desk offers both).
+    pub also_out: Option<PathBuf>,
     pub target: Target,
     /// `base_url` is filled in once the target is known (the simulator's port).
     pub client: ClientSettings,
@@ -228,6 +231,7 @@ pub fn resolve(cli: cli::Command) -> Result<Config> {
             (Command::Validate(input(&args, &file)?), Log::default())
         }
         cli::Command::Simulate(args) => (Command::Simulate(args), Log::default()),
+        cli::Command::Desk(args) => (Command::Desk(args), Log::default()),
         cli::Command::Runs(a) => look(&a.ledger, LookAt::Runs { last: a.last })?,
         cli::Command::History(a) => look(
             &a.ledger,
@@ -306,6 +310,7 @@ fn send_or_dry_run(args: &SendArgs, warnings: &mut Vec<String>) -> Result<(Comma
         },
         input,
         out,
+        also_out: None,
         target,
     };
     Ok((Command::Send(Box::new(send)), log))
@@ -374,7 +379,10 @@ fn client(
         Some(secs) => bail!("--timeout {secs} must be a positive number of seconds"),
         None => duration("timeout", file.timeout.as_ref(), "30s")?,
     };
-    let credentials = credentials(file, warnings)?;
+    let credentials = match &args.credentials {
+        Some(typed) => Some(typed.clone()),
+        None => credentials(file, warnings)?,
+    };
     if credentials.is_none() && *target != Target::Simulator {
         bail!(
             "no credentials: set INVOICE_DISPATCH_USERNAME and INVOICE_DISPATCH_PASSWORD, \
@@ -393,7 +401,7 @@ fn client(
     })
 }
 
-fn credentials(file: &FileConfig, warnings: &mut Vec<String>) -> Result<Option<Credentials>> {
+pub fn credentials(file: &FileConfig, warnings: &mut Vec<String>) -> Result<Option<Credentials>> {
     let username = env("INVOICE_DISPATCH_USERNAME").or_else(|| file.username.clone());
     let password = match env("INVOICE_DISPATCH_PASSWORD") {
         Some(p) => Some(Secret::new(p)),
@@ -568,17 +576,21 @@ fn location(given: &str) -> Result<Location> {
 
 /// The ledger the look-back commands read: `--ledger`, the config's, or the default.
 fn look(args: &LedgerArgs, what: LookAt) -> Result<(Command, Log)> {
-    let file = FileConfig::load(args.config.as_deref())?;
-    let ledger = match args.ledger.as_deref().or(file.ledger.as_deref()) {
-        Some(given) => location(given)?,
-        None => Location::Sqlite(default_ledger_path()?),
-    };
     let look = Look {
-        ledger,
+        ledger: looked_at(args.ledger.as_deref(), args.config.as_deref())?,
         format: args.format,
         what,
     };
     Ok((Command::Look(look), Log::default()))
+}
+
+/// `--ledger`, else the config's `ledger` key, else the default.
+pub fn looked_at(given: Option<&str>, config: Option<&Path>) -> Result<Location> {
+    let file = FileConfig::load(config)?;
+    match given.or(file.ledger.as_deref()) {
+        Some(given) => location(given),
+        None => Ok(Location::Sqlite(default_ledger_path()?)),
+    }
 }
 
 fn duration(key: &str, value: Option<&String>, default: &str) -> Result<Duration> {

@@ -24,6 +24,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod desk;
 pub mod dispatch;
 pub mod domain;
 pub mod evidence;

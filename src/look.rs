@@ -227,14 +227,39 @@ fn export(ledger: &Location, run: RunId, out: Option<&Path>) -> Result<u8> {
 }
 
 fn resolve(ledger: &Location, file: &Path, target: Option<&str>, clock: Clock) -> Result<u8> {
+    let said = resolve_file(ledger, file, target, clock)?;
+    for line in &said.lines {
+        eprintln!("{line}");
+    }
+    Ok(if said.refused { 2 } else { 0 })
+}
+
+/// What `resolve` made of a results file, in words for a person.
+pub struct Resolution {
+    pub lines: Vec<String>,
+    /// Nothing was recorded: some rows were refused (a resolution is all or nothing).
+    pub refused: bool,
+}
+
+/// Records the verdicts typed into `file`'s `resolution` column, all or none.
+pub fn resolve_file(
+    ledger: &Location,
+    file: &Path,
+    target: Option<&str>,
+    clock: Clock,
+) -> Result<Resolution> {
     let Typed {
         verdicts,
         mut refused,
         blank,
     } = read_verdicts(file)?;
+    let name = file.display();
     if verdicts.is_empty() && refused.is_empty() {
-        eprintln!("{}: no row has a verdict in its resolution column ({blank} left blank); nothing recorded", file.display());
-        return Ok(0);
+        let line = format!("{name}: no row has a verdict in its resolution column ({blank} left blank); nothing recorded");
+        return Ok(Resolution {
+            lines: vec![line],
+            refused: false,
+        });
     }
     let mut store = ledger::open(ledger, false)?;
     let by = whoami::username();
@@ -249,25 +274,30 @@ fn resolve(ledger: &Location, file: &Path, target: Option<&str>, clock: Clock) -
     refused.extend(report.refused.iter().cloned());
     refused.sort();
     if !refused.is_empty() {
-        for (line, why) in &refused {
-            eprintln!("{}:{line}: {why}", file.display());
-        }
-        eprintln!(
-            "{}: {} row(s) refused; nothing recorded (a resolution is all or nothing): correct them and run resolve again",
-            file.display(),
+        let mut lines: Vec<String> = refused
+            .iter()
+            .map(|(line, why)| format!("{name}:{line}: {why}"))
+            .collect();
+        lines.push(format!(
+            "{name}: {} row(s) refused; nothing recorded (a resolution is all or nothing): correct them and run resolve again",
             refused.len()
-        );
-        return Ok(2);
+        ));
+        return Ok(Resolution {
+            lines,
+            refused: true,
+        });
     }
-    eprintln!(
-        "{}: recorded {} delivered and {} not delivered by {by} in {} ({} already recorded, {blank} left blank); the next send skips the delivered rows and sends the others",
-        file.display(),
+    let line = format!(
+        "{name}: recorded {} delivered and {} not delivered by {by} in {} ({} already recorded, {blank} left blank); the next send skips the delivered rows and sends the others",
         report.delivered,
         report.not_delivered,
         store.describe(),
         report.already
     );
-    Ok(0)
+    Ok(Resolution {
+        lines: vec![line],
+        refused: false,
+    })
 }
 
 /// What a results file's `resolution` column says.

@@ -10,7 +10,7 @@ use invoice_dispatch::cli::{Cli, LogFormat, SimulateArgs};
 use invoice_dispatch::config::{self, Command, Config, Log};
 use invoice_dispatch::screen::{self, Screen};
 use invoice_dispatch::simulator::{SimConfig, Simulator};
-use invoice_dispatch::{look, run};
+use invoice_dispatch::{desk, look, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -83,6 +83,7 @@ fn execute(config: Config, runtime: &tokio::runtime::Runtime, screen: &Screen) -
         Command::Validate(input) => run::validate(&input),
         Command::Simulate(args) => runtime.block_on(simulate(args)).map(|()| 0),
         Command::Look(l) => look::run(l, config.clock),
+        Command::Desk(args) => runtime.block_on(desk::serve(args, config.clock)),
     }
 }
 

@@ -222,6 +222,13 @@ impl Store for FailingAfter {
     ) -> anyhow::Result<()> {
         self.inner.keep_pace(t, rate, now)
     }
+    fn priors(
+        &mut self,
+        t: &str,
+        keys: &[(String, String)],
+    ) -> anyhow::Result<Vec<Option<ledger::Prior>>> {
+        self.inner.priors(t, keys)
+    }
 }
 
 /// What a run whose ledger failed must leave: exit 1 with the reason, a results file with

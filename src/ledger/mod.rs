@@ -64,7 +64,7 @@ use crate::dispatch::Admitted;
 use crate::domain::{Clock, Counts, Outcome, RunId, SkipKind, Status, StopReason, Stopper};
 use crate::input::Request;
 
-pub use admission::{Decision, Policy};
+pub use admission::{judge, Decision, Policy, Prior};
 pub use history::HistoryEntry;
 
 pub use postgres::PgLocation;
@@ -408,6 +408,9 @@ pub trait Store: Send {
     fn pace(&mut self, target: &str) -> Result<Option<f64>>;
     /// Keeps the pace a run ended at, where the next run on `target` starts.
     fn keep_pace(&mut self, target: &str, rate: f64, now: DateTime<Utc>) -> Result<()>;
+    /// What earlier runs did with these (department, invoice) keys for `target`, read
+    /// without locking anything: a look ahead (the desk's Check screen), never admission.
+    fn priors(&mut self, target: &str, keys: &[(String, String)]) -> Result<Vec<Option<Prior>>>;
 }
 
 /// Admissions and outcomes committed together.

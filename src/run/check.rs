@@ -222,7 +222,7 @@ pub(super) fn preflight(config: &Send) -> Result<Option<String>> {
 }
 
 /// Says how the input is read: a workbook's sheet, and what a person should know of it.
-fn tell_how_read(reader: &InputReader) {
+pub(super) fn tell_how_read(reader: &InputReader) {
     if let Some(sheet) = reader.sheet() {
         tracing::info!("reading sheet {sheet:?} of {}", reader.path().display());
     }

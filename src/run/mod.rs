@@ -10,6 +10,7 @@
 
 mod check;
 mod handle;
+mod outlook;
 mod summary;
 
 use std::collections::{HashMap, VecDeque};
@@ -36,6 +37,7 @@ use crate::window::{in_words, SendWindow, Standing};
 
 pub use check::{ask, check_writable, dry_run, plans, preview, sort, validate, Preview};
 pub use handle::{Controls, Event, Handle, State};
+pub use outlook::{outlook, Bad, Earlier, Listed, Outlook, Twin};
 pub use summary::Summary;
 use summary::{warn_on, Evidence};
 
@@ -186,20 +188,18 @@ fn write_results(
         StopReason::not_sent_message,
     );
     let missing = Outcome::plain(Status::NotSent, unsent.clone(), now);
-    let render = |rows: results::Rows| {
-        results::render(
-            &input.path,
-            &input.options,
-            rows,
-            &config.out,
-            &missing,
-            &about,
-        )
+    let render_to = |rows: results::Rows, out: &std::path::Path| {
+        results::render(&input.path, &input.options, rows, out, &missing, &about)
     };
+    let render = |rows: results::Rows| render_to(rows, &config.out);
     if served.failed.is_none() {
         let store = &mut served.store;
         store.settle(&RunEnd { stop }, now)?;
-        return render(&mut |f| store.results(run, f));
+        let rendered = render(&mut |f| store.results(run, f))?;
+        if let Some(also) = &config.also_out {
+            render_to(&mut |f| store.results(run, f), also)?;
+        }
+        return Ok(rendered);
     }
     let mut kept = kept_outcomes(served.kept.drain(..), &engine.shared);
     let store = &mut served.store;

@@ -1,6 +1,8 @@
 //! The test world: a temp folder, a simulator on a loopback port, and the real binary.
 #![allow(dead_code)]
 
+pub mod desk;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

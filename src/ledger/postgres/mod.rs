@@ -47,7 +47,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use postgres::Client;
 
-use super::admission::Policy;
+use super::admission::{Policy, Prior};
 use super::{
     Batch, HistoryEntry, Marks, ResolveRequest, Resolved, ResultRow, RunEnd, RunInfo, RunRecord,
     Store, Unfinished,
@@ -167,6 +167,10 @@ impl Store for PgStore {
             &[&target, &rate, &now.timestamp_millis()],
         )?;
         Ok(())
+    }
+
+    fn priors(&mut self, target: &str, keys: &[(String, String)]) -> Result<Vec<Option<Prior>>> {
+        write::peek_priors(&mut self.client, target, keys)
     }
 
     fn describe(&self) -> String {

@@ -443,6 +443,32 @@ fn lock_priors(
         .collect())
 }
 
+/// What earlier runs did with each key, as [`lock_priors`] reads it but locking nothing and
+/// adding no placeholders: a look ahead, which admission repeats under its locks.
+pub(super) fn peek_priors(
+    client: &mut Client,
+    target: &str,
+    keys: &[(String, String)],
+) -> Result<Vec<Option<Prior>>> {
+    let (depts, invoices): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(d, i)| (d.as_str(), i.as_str())).unzip();
+    let rows = client.query(
+        "SELECT s.dept, s.invoice, s.status, s.run_id, s.at_ms, s.sent_run, s.sent_ms,
+                s.resolution, s.resolved_by, s.resolved_ms, s.claim_run, c.host, k.n
+         FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(d, i, n)
+         JOIN sends s ON s.target = $1 AND s.dept = k.d AND s.invoice = k.i
+         LEFT JOIN runs c ON c.id = s.claim_run",
+        &[&target, &depts, &invoices],
+    )?;
+    let mut priors = vec![None; keys.len()];
+    for row in &rows {
+        // The columns of `lock_priors`, then the key's place. No run of ours claims yet.
+        let n: i64 = row.get(12);
+        priors[n as usize - 1] = prior(row, RunId(0));
+    }
+    Ok(priors)
+}
+
 /// What a `sends` record says of earlier runs: nothing for a placeholder; a claim when
 /// another run that has not been settled holds it.
 fn prior(row: &Row, run: RunId) -> Option<Prior> {

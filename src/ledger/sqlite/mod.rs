@@ -348,6 +348,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn priors(&mut self, target: &str, keys: &[(String, String)]) -> Result<Vec<Option<Prior>>> {
+        keys.iter()
+            .map(|(dept, invoice)| write::prior(&self.conn, target, dept, invoice))
+            .collect()
+    }
+
     fn describe(&self) -> String {
         self.path.display().to_string()
     }

@@ -176,7 +176,7 @@ pub(super) fn insert_result(
 
 /// What earlier runs did with this invoice for this target.
 pub(super) fn prior(
-    tx: &Transaction,
+    tx: &Connection,
     target: &str,
     dept: &str,
     invoice: &str,

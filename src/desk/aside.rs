@@ -1,0 +1,78 @@
+//! Beside the flow: Runs, History and Resolve, on the desk's ledger.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+use axum::extract::{Multipart, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::pages::aside as screens;
+use super::{flow, Desk};
+use crate::ledger::{self, Location, Store};
+
+/// The ledger for reading, or `None` when nothing was ever sent with it.
+fn reading(location: &Location) -> Result<Option<Box<dyn Store>>> {
+    match location {
+        Location::Sqlite(path) if !path.is_file() => Ok(None),
+        location => ledger::open(location, true).map(Some),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the ledger failed")))
+}
+
+pub async fn runs(State(desk): State<Arc<Desk>>) -> Response {
+    let location = desk.settings.ledger.clone();
+    let runs = blocking(move || match reading(&location)? {
+        Some(mut store) => store.runs(50),
+        None => Ok(Vec::new()),
+    })
+    .await;
+    screens::runs(&desk, runs).into_response()
+}
+
+pub async fn history(
+    State(desk): State<Arc<Desk>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let invoice = query
+        .get("invoice")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let Some(invoice) = invoice else {
+        return screens::history(&desk, None, Ok(Vec::new())).into_response();
+    };
+    let (location, asked) = (desk.settings.ledger.clone(), invoice.clone());
+    let entries = blocking(move || match reading(&location)? {
+        Some(mut store) => store.history(&asked, None),
+        None => Ok(Vec::new()),
+    })
+    .await;
+    screens::history(&desk, Some(&invoice), entries).into_response()
+}
+
+pub async fn resolve_form(State(desk): State<Arc<Desk>>) -> Response {
+    screens::resolve(&desk, None).into_response()
+}
+
+/// A results file with a `resolution` column: recorded all or nothing, as `resolve` does.
+pub async fn resolve(State(desk): State<Arc<Desk>>, form: Multipart) -> Response {
+    let id = desk.next_id();
+    let dir = desk.folder.path().join(format!("r{id}"));
+    let (path, _) = match flow::receive_file(&dir, form).await {
+        Ok(got) => got,
+        Err(refusal) => return refusal,
+    };
+    let (location, clock) = (desk.settings.ledger.clone(), desk.clock);
+    let said = blocking(move || crate::look::resolve_file(&location, &path, None, clock)).await;
+    let status = match &said {
+        Ok(r) if !r.refused => StatusCode::OK,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    (status, screens::resolve(&desk, Some(said))).into_response()
+}
