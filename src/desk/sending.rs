@@ -27,6 +27,7 @@ pub struct Current {
     pub total: u64,
     pub outs: (PathBuf, PathBuf),
     pub report: Option<PathBuf>,
+    pub started: std::time::Instant,
     /// Its summary once it has one, or the error that ended it.
     pub ended: Mutex<Option<Result<Summary, String>>>,
 }
@@ -39,6 +40,17 @@ impl Current {
     /// Waits until the run has ended.
     pub async fn finished(&self) {
         let _ = self.events.clone().wait_for(Event::is_finished).await;
+    }
+
+    /// Requests per second since the send started, its paused time left out: steadier
+    /// than the engine's first-to-last figure, which a first burst inflates.
+    pub fn rate(&self, event: &Event) -> f64 {
+        let secs = self.started.elapsed().as_secs_f64() - event.paused_seconds;
+        if secs > 1.0 {
+            event.requests as f64 / secs
+        } else {
+            0.0
+        }
     }
 
     pub fn summary(&self) -> Option<Result<Summary, String>> {
@@ -128,6 +140,7 @@ fn start(desk: &Desk, upload: Arc<Upload>) -> Result<Arc<Current>> {
         events: handle.events(),
         outs,
         report,
+        started: std::time::Instant::now(),
         ended: Mutex::new(None),
     });
     let keeper = current.clone();

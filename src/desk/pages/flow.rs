@@ -176,7 +176,8 @@ pub fn confirm(desk: &Desk, upload: &Upload, error: Option<&str>) -> Html<String
 pub fn watch(desk: &Desk, current: &Current, event: &Event) -> Html<String> {
     let total = current.total.max(event.rows_done);
     let left = total.saturating_sub(event.rows_done);
-    let time_left = match event.requests_per_second {
+    let rate = current.rate(event);
+    let time_left = match rate {
         r if r > 0.1 && !event.is_finished() => format!("{:.0} s", left as f64 / r),
         _ => "—".into(),
     };
@@ -188,7 +189,7 @@ pub fn watch(desk: &Desk, current: &Current, event: &Event) -> Html<String> {
         progress value=(event.rows_done) max=(total.max(1)) {}
         p { b { (event.rows_done) } " of " (rows(total)) " done" }
         div.numbers {
-            (number(format!("{:.1}/s", event.requests_per_second), "requests per second", ""))
+            (number(format!("{rate:.1}/s"), "requests per second", ""))
             @if let Some(limit) = event.rate_limit { (number(format!("{limit:.1}/s"), "pace allowed (auto)", "")) }
             (number(time_left, "time left", ""))
             (number(event.requests, "requests made", ""))
