@@ -48,6 +48,7 @@
 pub mod admission;
 mod history;
 pub mod journal;
+mod pausing;
 mod postgres;
 mod resolution;
 mod sqlite;
@@ -66,6 +67,7 @@ use crate::input::Request;
 
 pub use admission::{Decision, Policy};
 pub use history::HistoryEntry;
+pub use pausing::{set_paused, PauseChange, PauseState};
 
 pub use postgres::PgLocation;
 
@@ -343,8 +345,11 @@ pub struct RunRecord {
     pub already_paid: u64,
     /// `None` while it runs, or if it died.
     pub exit_code: Option<i64>,
-    /// `finished`, `running` or `died`.
+    /// `finished`, `running`, `paused` (running, paused through the ledger) or `died`.
     pub state: String,
+    /// While it is paused: who paused it, and when.
+    pub paused_by: Option<String>,
+    pub paused_at: Option<DateTime<Utc>>,
 }
 
 /// A person's verdict on one row of a results file.
@@ -408,6 +413,28 @@ pub trait Store: Send {
     fn pace(&mut self, target: &str) -> Result<Option<f64>>;
     /// Keeps the pace a run ended at, where the next run on `target` starts.
     fn keep_pace(&mut self, target: &str, rate: f64, now: DateTime<Utc>) -> Result<()>;
+    /// Whether `run` is paused through the ledger, and who last paused or resumed it.
+    fn pause_state(&mut self, run: RunId) -> Result<PauseState> {
+        anyhow::bail!(
+            "ledger {} keeps no pauses (asked of {run})",
+            self.describe()
+        )
+    }
+    /// Records `run` paused (or resumed) by `by` at `now`, in a short write that needs no
+    /// run lock ([`set_paused`] says why that is safe); false if it already was.
+    fn set_pause(
+        &mut self,
+        run: RunId,
+        paused: bool,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let _ = (paused, by, now);
+        anyhow::bail!(
+            "ledger {} keeps no pauses (asked of {run})",
+            self.describe()
+        )
+    }
 }
 
 /// Admissions and outcomes committed together.
