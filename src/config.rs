@@ -215,6 +215,11 @@ pub enum LookAt {
         results: PathBuf,
         target: Option<String>,
     },
+    /// `pause` (or, `paused: false`, `resume`): writes the run's record.
+    Pause {
+        run: RunId,
+        paused: bool,
+    },
 }
 
 /// Resolves the command line into a validated config.
@@ -237,14 +242,11 @@ pub fn resolve(cli: cli::Command) -> Result<Config> {
             },
         )?,
         cli::Command::Export(a) => {
-            let run = RunId::parse(&a.run).with_context(|| {
-                format!(
-                    "{:?} is not a run id like r42 (see `invoice-dispatch runs`)",
-                    a.run
-                )
-            })?;
+            let run = RunId::given(&a.run)?;
             look(&a.ledger, LookAt::Export { run, out: a.out })?
         }
+        cli::Command::Pause(a) => pause(&a, true)?,
+        cli::Command::Resume(a) => pause(&a, false)?,
         cli::Command::Resolve(a) => look(
             &a.ledger,
             LookAt::Resolve {
@@ -579,6 +581,12 @@ fn look(args: &LedgerArgs, what: LookAt) -> Result<(Command, Log)> {
         what,
     };
     Ok((Command::Look(look), Log::default()))
+}
+
+/// `pause` (`paused`) or `resume`.
+fn pause(a: &cli::PauseArgs, paused: bool) -> Result<(Command, Log)> {
+    let run = RunId::given(&a.run)?;
+    look(&a.ledger_args(), LookAt::Pause { run, paused })
 }
 
 fn duration(key: &str, value: Option<&String>, default: &str) -> Result<Duration> {
