@@ -49,6 +49,11 @@ pub enum Command {
     /// Record a person's verdict (column `resolution`: delivered / not delivered) on the
     /// unknown rows of a results file.
     Resolve(ResolveArgs),
+    /// Pause a running send, from any machine that reaches its ledger: it stops starting
+    /// requests within 2 seconds (those in flight finish) until it is resumed.
+    Pause(PauseArgs),
+    /// Resume a send paused with `pause`.
+    Resume(PauseArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -273,6 +278,29 @@ pub struct ExportArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub ledger: LedgerArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PauseArgs {
+    /// The run, as `runs` names it (r42).
+    pub run: String,
+    /// The run's ledger. Default: the `ledger` key of the config, or the user's data folder.
+    #[arg(long, env = "INVOICE_DISPATCH_LEDGER", value_name = "PATH|URL")]
+    pub ledger: Option<String>,
+    /// Config file (TOML), for its `ledger` key.
+    #[arg(long, env = "INVOICE_DISPATCH_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+impl PauseArgs {
+    /// The ledger is found as the look-back commands find it.
+    pub fn ledger_args(&self) -> LedgerArgs {
+        LedgerArgs {
+            ledger: self.ledger.clone(),
+            config: self.config.clone(),
+            format: Format::Table,
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -218,6 +218,11 @@ pub enum LookAt {
         results: PathBuf,
         target: Option<String>,
     },
+    /// `pause` (or, `paused: false`, `resume`): writes the run's record.
+    Pause {
+        run: RunId,
+        paused: bool,
+    },
 }
 
 /// Resolves the command line into a validated config.
@@ -241,14 +246,11 @@ pub fn resolve(cli: cli::Command) -> Result<Config> {
             },
         )?,
         cli::Command::Export(a) => {
-            let run = RunId::parse(&a.run).with_context(|| {
-                format!(
-                    "{:?} is not a run id like r42 (see `invoice-dispatch runs`)",
-                    a.run
-                )
-            })?;
+            let run = RunId::given(&a.run)?;
             look(&a.ledger, LookAt::Export { run, out: a.out })?
         }
+        cli::Command::Pause(a) => pause(&a, true)?,
+        cli::Command::Resume(a) => pause(&a, false)?,
         cli::Command::Resolve(a) => look(
             &a.ledger,
             LookAt::Resolve {
@@ -591,6 +593,12 @@ pub fn looked_at(given: Option<&str>, config: Option<&Path>) -> Result<Location>
         Some(given) => location(given),
         None => Ok(Location::Sqlite(default_ledger_path()?)),
     }
+}
+
+/// `pause` (`paused`) or `resume`.
+fn pause(a: &cli::PauseArgs, paused: bool) -> Result<(Command, Log)> {
+    let run = RunId::given(&a.run)?;
+    look(&a.ledger_args(), LookAt::Pause { run, paused })
 }
 
 fn duration(key: &str, value: Option<&String>, default: &str) -> Result<Duration> {

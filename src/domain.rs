@@ -78,6 +78,13 @@ impl RunId {
         let digits = s.strip_prefix(['r', 'R']).unwrap_or(s);
         digits.parse().ok().filter(|n| *n > 0).map(RunId)
     }
+
+    /// A run id given on the command line, or why it is not one.
+    pub fn given(s: &str) -> anyhow::Result<RunId> {
+        RunId::parse(s).ok_or_else(|| {
+            anyhow::anyhow!("{s:?} is not a run id like r42 (see `invoice-dispatch runs`)")
+        })
+    }
 }
 
 impl fmt::Display for RunId {

@@ -10,7 +10,7 @@ use crate::cli::Format;
 use crate::config::{Look, LookAt};
 use crate::domain::{rfc3339, Clock, RunId, Status};
 use crate::input::{InputOptions, InputReader};
-use crate::ledger::{self, HistoryEntry, Location, RunRecord, Verdict};
+use crate::ledger::{self, HistoryEntry, Location, PauseChange, RunRecord, Verdict};
 use crate::results;
 
 pub fn run(look: Look, clock: Clock) -> Result<u8> {
@@ -24,7 +24,28 @@ pub fn run(look: Look, clock: Clock) -> Result<u8> {
         LookAt::Resolve { results, target } => {
             resolve(&look.ledger, &results, target.as_deref(), clock)
         }
+        LookAt::Pause { run, paused } => pause(&look.ledger, run, paused, clock),
     }
+}
+
+/// `pause RUN` / `resume RUN`: records it in the run's record, which the run follows.
+fn pause(ledger: &Location, run: RunId, paused: bool, clock: Clock) -> Result<u8> {
+    let by = whoami::username();
+    let said = match ledger::set_paused(ledger, run, paused, &by, clock.now())? {
+        PauseChange::Paused => format!(
+            "paused {run}: it stops starting requests within 2 seconds; resume with `invoice-dispatch resume {run}`"
+        ),
+        PauseChange::Resumed => {
+            format!("resumed {run}: it starts requests again within 2 seconds")
+        }
+        PauseChange::AlreadyPaused(state) => format!(
+            "{run} is already paused ({}); resume with `invoice-dispatch resume {run}`",
+            state.who_when()
+        ),
+        PauseChange::NotPaused => format!("{run} is not paused: nothing to resume"),
+    };
+    println!("{said}");
+    Ok(0)
 }
 
 fn runs(ledger: &Location, format: Format, last: usize) -> Result<u8> {
@@ -61,9 +82,10 @@ fn runs_table(runs: &[RunRecord]) -> comfy_table::Table {
         let input = Path::new(&r.input)
             .file_name()
             .map_or(r.input.clone(), |n| n.to_string_lossy().into_owned());
-        let exit = match r.exit_code {
-            Some(code) => code.to_string(),
-            None => r.state.clone(),
+        let exit = match (r.exit_code, &r.paused_by) {
+            (Some(code), _) => code.to_string(),
+            (None, Some(by)) => format!("{} (by {by})", r.state),
+            (None, None) => r.state.clone(),
         };
         table.add_row(vec![
             r.id.clone(),
@@ -97,7 +119,7 @@ fn runs_csv(runs: &[RunRecord], out: &mut dyn Write) -> Result<()> {
         "exit_code",
     ];
     header.extend(Status::ALL.iter().map(|s| s.as_str()));
-    header.extend(["skipped_unknown", "already_paid"]);
+    header.extend(["skipped_unknown", "already_paid", "paused_by", "paused_at"]);
     w.write_record(&header)?;
     for r in runs {
         let mut row = vec![
@@ -114,6 +136,10 @@ fn runs_csv(runs: &[RunRecord], out: &mut dyn Write) -> Result<()> {
         ];
         row.extend(r.counts.iter().map(|(_, n)| n.to_string()));
         row.extend([r.skipped_unknown.to_string(), r.already_paid.to_string()]);
+        row.extend([
+            r.paused_by.clone().unwrap_or_default(),
+            r.paused_at.map(rfc3339).unwrap_or_default(),
+        ]);
         w.write_record(&row)?;
     }
     w.flush()?;

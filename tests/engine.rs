@@ -90,6 +90,12 @@ async fn the_handle_pauses_resumes_and_stops_a_run_and_no_request_leaves_while_p
     assert!(!handle.pause(), "a second pause changes nothing");
     let mut events = handle.events();
     events.wait_for(|e| e.state == State::Paused).await.unwrap();
+    // A pause through the handle reaches the ledger too: `runs`, and every machine, see it.
+    wait_for_async("`runs` to say paused", Duration::from_secs(2), || async {
+        let runs = w.look(&["runs", "--format", "json"]).await.stdout;
+        runs.contains(r#""state": "paused""#)
+    })
+    .await;
     settled(&handle).await;
     let paused_at = w.stats().total_requests;
     // Nothing is awaited here: a second of a paused run must bring no request at all.

@@ -566,7 +566,7 @@ async fn a_schema_1_ledger_is_upgraded_and_its_memory_kept() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     // The old run's row details moved, not lost.
     let link: String = conn
         .query_row(
@@ -779,7 +779,7 @@ async fn a_schema_2_ledger_is_upgraded_in_place_and_its_dead_run_settled() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let history = w.look(&["history", "ok-A1", "--format", "json"]).await;
     assert_eq!(history.code, 0, "{}", history.stderr);
     let entries: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();

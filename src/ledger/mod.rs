@@ -48,6 +48,7 @@
 pub mod admission;
 mod history;
 pub mod journal;
+mod pausing;
 mod postgres;
 mod resolution;
 mod sqlite;
@@ -66,6 +67,7 @@ use crate::input::Request;
 
 pub use admission::{judge, Decision, Policy, Prior};
 pub use history::HistoryEntry;
+pub use pausing::{set_paused, PauseChange, PauseState};
 
 pub use postgres::PgLocation;
 
@@ -343,8 +345,11 @@ pub struct RunRecord {
     pub already_paid: u64,
     /// `None` while it runs, or if it died.
     pub exit_code: Option<i64>,
-    /// `finished`, `running` or `died`.
+    /// `finished`, `running`, `paused` (running, paused through the ledger) or `died`.
     pub state: String,
+    /// While it is paused: who paused it, and when.
+    pub paused_by: Option<String>,
+    pub paused_at: Option<DateTime<Utc>>,
 }
 
 /// A person's verdict on one row of a results file.
@@ -411,6 +416,28 @@ pub trait Store: Send {
     /// What earlier runs did with these (department, invoice) keys for `target`, read
     /// without locking anything: a look ahead (the desk's Check screen), never admission.
     fn priors(&mut self, target: &str, keys: &[(String, String)]) -> Result<Vec<Option<Prior>>>;
+    /// Whether `run` is paused through the ledger, and who last paused or resumed it.
+    fn pause_state(&mut self, run: RunId) -> Result<PauseState> {
+        anyhow::bail!(
+            "ledger {} keeps no pauses (asked of {run})",
+            self.describe()
+        )
+    }
+    /// Records `run` paused (or resumed) by `by` at `now`, in a short write that needs no
+    /// run lock ([`set_paused`] says why that is safe); false if it already was.
+    fn set_pause(
+        &mut self,
+        run: RunId,
+        paused: bool,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let _ = (paused, by, now);
+        anyhow::bail!(
+            "ledger {} keeps no pauses (asked of {run})",
+            self.describe()
+        )
+    }
 }
 
 /// Admissions and outcomes committed together.

@@ -113,7 +113,9 @@ impl Controls {
         self.stopper.stop(StopReason::Interrupted);
     }
 
-    /// Pauses; false if it already was.
+    /// Pauses; false if it already was. With a ledger, the run's record follows within
+    /// half a second, so `runs` and other machines see it (`run/ledger_pause.rs`); to pause
+    /// a run of another process, use `ledger::set_paused`.
     pub fn pause(&self) -> bool {
         let paused = self.pause.pause();
         if paused {

@@ -11,6 +11,7 @@
 mod check;
 mod handle;
 mod outlook;
+mod ledger_pause;
 mod summary;
 
 use std::collections::{HashMap, VecDeque};
@@ -134,7 +135,7 @@ fn send(
         auto.remembered = store.pace(&info.target)?;
     }
     let pinger = config.evidence.ping.clone().map(Pinger::new);
-    let mut served = sending(&config, engine, store, pinger.as_ref())?;
+    let mut served = sending(&config, engine, (store, run), pinger.as_ref())?;
     let rendered = write_results(&config, engine, &mut served, (run, info.started))?;
     let stop = engine.shared.stopper.reason().cloned();
     let code = exit_code(&rendered.counts, stop.as_ref());
@@ -271,19 +272,21 @@ fn render_kept(
     )
 }
 
-/// The run while it sends: the send window, the ledger's writer, the reader and the
-/// dispatcher. Gives the store back once they are done.
+/// The run while it sends: the send window, the pauses recorded in the ledger, the
+/// ledger's writer, the reader and the dispatcher. Gives the store back once they are done.
 fn sending(
     config: &Send,
     engine: &Engine,
-    store: Box<dyn Store>,
+    (store, run): (Box<dyn Store>, RunId),
     pinger: Option<&Pinger>,
 ) -> Result<Served> {
+    let shared = &engine.shared;
+    // Followed until no request can start any more: then a pause has nothing to hold.
+    let _pauses = ledger_pause::watch(&config.ledger, run, (shared.pause.clone(), shared.clock));
     let closer = config.window.as_ref().map(|w| keep_window(w, engine));
     if let Some(pinger) = pinger {
         warn_on(engine.runtime.block_on(pinger.start()));
     }
-    let shared = &engine.shared;
     let (handle, writer) =
         ledger::spawn(store, config.policy, shared.clock, shared.stopper.clone())?;
     let reader = dispatch_rows(config, engine, handle);

@@ -49,8 +49,8 @@ use postgres::Client;
 
 use super::admission::{Policy, Prior};
 use super::{
-    Batch, HistoryEntry, Marks, ResolveRequest, Resolved, ResultRow, RunEnd, RunInfo, RunRecord,
-    Store, Unfinished,
+    Batch, HistoryEntry, Marks, PauseState, ResolveRequest, Resolved, ResultRow, RunEnd, RunInfo,
+    RunRecord, Store, Unfinished,
 };
 use crate::domain::{Counts, RunId};
 
@@ -171,6 +171,29 @@ impl Store for PgStore {
 
     fn priors(&mut self, target: &str, keys: &[(String, String)]) -> Result<Vec<Option<Prior>>> {
         write::peek_priors(&mut self.client, target, keys)
+    }
+
+    fn pause_state(&mut self, run: RunId) -> Result<PauseState> {
+        read::pause_state(&mut self.client, run).map_err(|e| self.failed(e))
+    }
+
+    /// One row, under the server's row lock: safe from any machine, whatever runs.
+    fn set_pause(
+        &mut self,
+        run: RunId,
+        paused: bool,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let changed = self
+            .client
+            .execute(
+                "UPDATE runs SET paused = $1, pause_by = $2, pause_ms = $3
+                 WHERE id = $4 AND paused <> $1",
+                &[&paused, &by, &now.timestamp_millis(), &run.0],
+            )
+            .map_err(|e| self.failed(e.into()))?;
+        Ok(changed == 1)
     }
 
     fn describe(&self) -> String {

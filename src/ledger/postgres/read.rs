@@ -9,7 +9,7 @@ use postgres::{Client, Row};
 use super::write::lock_key;
 use super::RUN_LOCKS;
 use crate::domain::{from_millis, Counts, Outcome, RunId, SkipKind, Status};
-use crate::ledger::{HistoryEntry, ResultRow, RunRecord};
+use crate::ledger::{HistoryEntry, PauseState, ResultRow, RunRecord};
 
 /// Every row of `run` in input order, streamed (a million rows never sit in memory).
 pub fn results(
@@ -77,7 +77,8 @@ pub fn runs(
                 EXISTS (SELECT 1 FROM pg_locks l
                         WHERE l.locktype = 'advisory' AND l.granted AND l.classid::int = $3
                           AND l.objid::int = runs.id::int AND l.objsubid = 2
-                          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+                          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())),
+                paused, pause_by, pause_ms
          FROM runs
          WHERE ($2::bigint IS NULL OR id = $2)
          ORDER BY id DESC LIMIT $1",
@@ -95,11 +96,14 @@ fn run_record(client: &mut Client, row: &Row) -> Result<RunRecord> {
     };
     let (exit_code, folded, alive): (Option<i32>, bool, bool) =
         (row.get(9), row.get(10), row.get(11));
+    let pause = pause_of(row, 12);
     let state = match (exit_code, folded, alive) {
         (Some(_), _, _) => "finished",
+        (None, false, true) if pause.paused => "paused",
         (None, false, true) => "running",
         _ => "died",
     };
+    let pause = (state == "paused").then_some(pause);
     let _ = lock_key;
     Ok(RunRecord {
         id: run.to_string(),
@@ -115,7 +119,28 @@ fn run_record(client: &mut Client, row: &Row) -> Result<RunRecord> {
         counts,
         exit_code: exit_code.map(i64::from),
         state: state.to_string(),
+        paused_by: pause.as_ref().and_then(|p| p.by.clone()),
+        paused_at: pause.and_then(|p| p.at),
     })
+}
+
+/// Whether `run` is paused through the ledger (see `ledger::pausing`).
+pub fn pause_state(client: &mut Client, run: RunId) -> Result<PauseState> {
+    let row = client.query_opt(
+        "SELECT paused, pause_by, pause_ms FROM runs WHERE id = $1",
+        &[&run.0],
+    )?;
+    let row = row.ok_or_else(|| anyhow::anyhow!("no run {run} in the ledger"))?;
+    Ok(pause_of(&row, 0))
+}
+
+/// The pause columns, from `first` on.
+fn pause_of(row: &Row, first: usize) -> PauseState {
+    PauseState {
+        paused: row.get(first),
+        by: row.get(first + 1),
+        at: row.get::<_, Option<i64>>(first + 2).map(from_millis),
+    }
 }
 
 /// Every row of every run that had this invoice, each request before a row's last, and

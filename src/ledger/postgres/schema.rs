@@ -8,7 +8,7 @@ use postgres::Client;
 use super::connect::pg_error;
 use super::{PgLocation, RUN_LOCKS};
 
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 /// The oldest server the SQL here is written for.
 const OLDEST_SERVER: i32 = 120000;
 
@@ -77,6 +77,11 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     "CREATE UNLOGGED TABLE open_runs (run_id bigint PRIMARY KEY);",
     // 3: the pace `--rate auto` ended at, per target, where the next run starts.
     "CREATE TABLE paces (target text PRIMARY KEY, rate double precision NOT NULL, at_ms bigint NOT NULL);",
+    // 4: a run paused from any machine (`pause RUN`): whether it is, and who last paused or
+    // resumed it, when. Its process polls these (see `ledger::pausing`).
+    "ALTER TABLE runs ADD COLUMN paused boolean NOT NULL DEFAULT false,
+                     ADD COLUMN pause_by text,
+                     ADD COLUMN pause_ms bigint;",
 ];
 
 /// Makes sure the ledger's schema is there and current. A read-only open (`runs`,

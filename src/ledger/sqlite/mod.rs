@@ -22,8 +22,8 @@ mod write;
 
 use checkpoint::Checkpointer;
 use lock::{real_path, take_lock};
-use read::{final_row, history_resolutions, history_rows, RawRun, FINAL_ROWS, RUNS};
-use write::{admit, count_rows, prune, write_outcome, writing, Admitting, Evidence};
+use read::{final_row, history_resolutions, history_rows, pause_state, RawRun, FINAL_ROWS, RUNS};
+use write::{admit, count_rows, prune, set_pause, write_outcome, writing, Admitting, Evidence};
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -41,14 +41,14 @@ use super::admission::{judge, Policy, Prior, StoredPrior};
 use super::journal::Journal;
 use super::resolution::{self, SendState};
 use super::{
-    boot_id, Admission, Batch, Entry, EntryKind, HistoryEntry, Marks, ResolveRequest, Resolved,
-    ResultRow, RunEnd, RunInfo, RunRecord, Store, Unfinished, Verdict,
+    boot_id, Admission, Batch, Entry, EntryKind, HistoryEntry, Marks, PauseState, ResolveRequest,
+    Resolved, ResultRow, RunEnd, RunInfo, RunRecord, Store, Unfinished, Verdict,
 };
 use crate::domain::{
     from_millis, rfc3339, AttemptNote, Counts, Outcome, RunId, SkipKind, Status, StopReason,
 };
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -352,6 +352,20 @@ impl Store for SqliteStore {
         keys.iter()
             .map(|(dept, invoice)| write::prior(&self.conn, target, dept, invoice))
             .collect()
+    }
+
+    fn pause_state(&mut self, run: RunId) -> Result<PauseState> {
+        pause_state(&self.conn, run)
+    }
+
+    fn set_pause(
+        &mut self,
+        run: RunId,
+        paused: bool,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        set_pause(&mut self.conn, run, paused, (by, now))
     }
 
     fn describe(&self) -> String {

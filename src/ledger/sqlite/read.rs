@@ -47,7 +47,7 @@ pub(super) fn final_row(row: &rusqlite::Row, run: RunId) -> Result<ResultRow> {
 
 pub(super) const RUNS: &str =
     "SELECT id, started_ms, finished_ms, host, os_user, input, input_sha256,
-        target, counts, exit_code, pid, folded FROM runs";
+        target, counts, exit_code, pid, folded, paused, pause_by, pause_ms FROM runs";
 
 /// A `runs` row as stored.
 pub(super) struct RawRun {
@@ -63,6 +63,7 @@ pub(super) struct RawRun {
     exit_code: Option<i64>,
     pid: i64,
     folded: bool,
+    pause: PauseState,
 }
 
 impl RawRun {
@@ -80,6 +81,11 @@ impl RawRun {
             exit_code: r.get(9)?,
             pid: r.get(10)?,
             folded: r.get(11)?,
+            pause: PauseState {
+                paused: r.get(12)?,
+                by: r.get(13)?,
+                at: r.get::<_, Option<i64>>(14)?.map(from_millis),
+            },
         })
     }
 
@@ -91,9 +97,11 @@ impl RawRun {
         };
         let state = match (self.exit_code, self.folded) {
             (Some(_), _) => "finished",
+            (None, false) if self.alive() && self.pause.paused => "paused",
             (None, false) if self.alive() => "running",
             _ => "died",
         };
+        let pause = (state == "paused").then_some(self.pause);
         Ok(RunRecord {
             id: run.to_string(),
             started: from_millis(self.started_ms),
@@ -108,6 +116,8 @@ impl RawRun {
             counts,
             exit_code: self.exit_code,
             state: state.to_string(),
+            paused_by: pause.as_ref().and_then(|p| p.by.clone()),
+            paused_at: pause.and_then(|p| p.at),
         })
     }
 
@@ -216,4 +226,22 @@ pub(super) fn history_resolutions(
         ))
     })?;
     Ok(found.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Whether `run` is paused through the ledger (see `ledger::pausing`).
+pub(super) fn pause_state(conn: &Connection, run: RunId) -> Result<PauseState> {
+    let state = conn
+        .query_row(
+            "SELECT paused, pause_by, pause_ms FROM runs WHERE id = ?1",
+            [run.0],
+            |r| {
+                Ok(PauseState {
+                    paused: r.get(0)?,
+                    by: r.get(1)?,
+                    at: r.get::<_, Option<i64>>(2)?.map(from_millis),
+                })
+            },
+        )
+        .optional()?;
+    state.with_context(|| format!("no run {run} in the ledger"))
 }

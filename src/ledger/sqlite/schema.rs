@@ -168,4 +168,9 @@ pub(super) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          ORDER BY 1, 2;",
     // 4: the pace `--rate auto` ended at, per target, where the next run starts.
     "CREATE TABLE paces (target TEXT PRIMARY KEY, rate REAL NOT NULL, at_ms INTEGER NOT NULL);",
+    // 5: a run paused from anywhere (`pause RUN`): whether it is, and who last paused or
+    // resumed it, when. Its process polls these (see `ledger::pausing`).
+    "ALTER TABLE runs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN pause_by TEXT;
+     ALTER TABLE runs ADD COLUMN pause_ms INTEGER;",
 ];

@@ -208,6 +208,24 @@ pub(super) fn writing(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
+/// Records `run` paused or resumed: one row, in a transaction that waits for the write
+/// lock (the busy timeout) rather than failing, and holds it for a moment; safe while a
+/// run holds the ledger (see `ledger::pausing`). False if it already was.
+pub(super) fn set_pause(
+    conn: &mut Connection,
+    run: RunId,
+    paused: bool,
+    (by, now): (&str, DateTime<Utc>),
+) -> Result<bool> {
+    let tx = writing(conn)?;
+    let changed = tx.execute(
+        "UPDATE runs SET paused = ?1, pause_by = ?2, pause_ms = ?3 WHERE id = ?4 AND paused != ?1",
+        params![paused, by, now.timestamp_millis(), run.0],
+    )?;
+    tx.commit()?;
+    Ok(changed == 1)
+}
+
 /// Writes a row's outcome. Its time is kept once, as `at_ms` (`completed_at` is left empty
 /// and derived when read: formatting it for every row cost more than the rest of the row).
 pub(super) fn write_outcome(tx: &Transaction, id: i64, o: &Outcome) -> Result<()> {
