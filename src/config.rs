@@ -7,7 +7,6 @@
 //! dispatch's and the ledger's settings, each built by a small function of its own.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,12 +14,15 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::cli::{self, Format, InputArgs, LedgerArgs, LogFormat, SendArgs, SimulateArgs};
-use crate::client::{ClientSettings, Credentials, Secret};
+use crate::client::ClientSettings;
 use crate::dispatch::{self, Backoff};
 use crate::domain::{Clock, RunId};
 use crate::input::{Column, Flags, InputOptions};
 use crate::ledger::{Location, Policy};
 use crate::window::SendWindow;
+
+mod access;
+pub use access::{check_base_url, credentials};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.mykaarma.com/payment";
 
@@ -403,28 +405,6 @@ fn client(
     })
 }
 
-pub fn credentials(file: &FileConfig, warnings: &mut Vec<String>) -> Result<Option<Credentials>> {
-    let username = env("INVOICE_DISPATCH_USERNAME").or_else(|| file.username.clone());
-    let password = match env("INVOICE_DISPATCH_PASSWORD") {
-        Some(p) => Some(Secret::new(p)),
-        None => file
-            .password_file
-            .as_deref()
-            .map(|path| read_password_file(path, warnings))
-            .transpose()?,
-    };
-    match (username, password) {
-        (Some(username), Some(password)) => Ok(Some(Credentials { username, password })),
-        (None, None) => Ok(None),
-        (Some(_), None) => bail!(
-            "a username is set but no password: set INVOICE_DISPATCH_PASSWORD or `password_file` in the config"
-        ),
-        (None, Some(_)) => bail!(
-            "a password is set but no username: set INVOICE_DISPATCH_USERNAME or `username` in the config"
-        ),
-    }
-}
-
 /// `rate = "auto"`: the pace's bounds (SPEC section 16).
 fn auto_rate(args: &SendArgs, file: &FileConfig) -> Result<dispatch::AutoRate> {
     let bounds = dispatch::AutoRate {
@@ -634,68 +614,10 @@ fn default_ledger_path() -> Result<PathBuf> {
     Ok(dir.join("invoice-dispatch").join("ledger.sqlite3"))
 }
 
-fn read_password_file(path: &Path, warnings: &mut Vec<String>) -> Result<Secret> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read password_file {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                warnings.push(format!(
-                    "password_file {} is readable by other users; chmod 600 it",
-                    path.display()
-                ));
-            }
-        }
-    }
-    let password = text.trim_end_matches(['\r', '\n']).to_string();
-    if password.is_empty() {
-        bail!("password_file {} is empty", path.display());
-    }
-    Ok(Secret::new(password))
-}
-
-/// Normalises and checks the API base URL: https anywhere, http only to loopback, so that
-/// credentials never cross a network in clear text.
-pub fn check_base_url(raw: &str) -> Result<String> {
-    // A value with an `@` may hold a password: it is never echoed.
-    let shown = if raw.contains('@') {
-        String::new()
-    } else {
-        format!(" {raw:?}")
-    };
-    let url =
-        reqwest::Url::parse(raw.trim()).with_context(|| format!("base_url{shown} is not a URL"))?;
-    if !url.username().is_empty() || url.password().is_some() {
-        bail!("base_url must not contain credentials; use INVOICE_DISPATCH_USERNAME/PASSWORD");
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        bail!("base_url {raw:?} must not have a query or fragment");
-    }
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(&url) => {}
-        "http" => bail!(
-            "base_url {raw:?}: http:// is refused for non-loopback hosts (credentials would travel in clear text); use https://"
-        ),
-        other => bail!("base_url {raw:?}: scheme {other:?} is not http or https"),
-    }
-    Ok(url.as_str().trim_end_matches('/').to_string())
-}
-
-fn is_loopback(url: &reqwest::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::Secret;
 
     fn load(text: &str) -> Result<FileConfig> {
         let dir = tempfile::tempdir().unwrap();

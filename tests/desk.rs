@@ -314,3 +314,70 @@ async fn a_stop_leaves_the_rest_not_sent_and_means_130() {
     let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
     assert_eq!(runs[0]["exit_code"], 130, "{runs}");
 }
+
+#[tokio::test]
+async fn a_pause_typed_elsewhere_pauses_the_desks_send() {
+    let w = World::start().await;
+    let desk = w.desk("rate = 5", &[]).await;
+    desk.send("in.csv", &csv("P-", 30), &[MYKAARMA], 30).await;
+    common::wait_for("a first request", Duration::from_secs(30), || {
+        w.stats().total_requests > 0
+    })
+    .await;
+    let runs = w.look(&["runs", "--format", "json"]).await;
+    let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+    let run = runs[0]["id"].as_str().unwrap().to_string();
+    let paused = w.look(&["pause", &run]).await;
+    assert_eq!(paused.code, 0, "{}", paused.stderr);
+    common::wait_for_async(
+        "the desk to show the pause",
+        Duration::from_secs(2),
+        || async {
+            desk.get("/watch")
+                .await
+                .body
+                .contains("Paused: no request starts")
+        },
+    )
+    .await;
+    let at_pause = w.stats().total_requests;
+    // An absence: no request over a span of ten requests' worth at the configured rate.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        w.stats().total_requests,
+        at_pause,
+        "no request while paused"
+    );
+    assert!(at_pause < 30);
+    assert_eq!(w.look(&["resume", &run]).await.code, 0);
+    let done = desk.wait_done(Duration::from_secs(60)).await;
+    assert!(done.body.contains("nothing needs you"), "{}", done.body);
+    assert!(
+        done.body.contains("<span>paused</span>"),
+        "the paused time is shown"
+    );
+    assert_eq!(w.stats().total_requests, 30);
+    common::no_invoice_twice(&w);
+}
+
+#[tokio::test]
+async fn the_desks_pause_button_is_recorded_in_the_ledger() {
+    let w = World::start().await;
+    let desk = w.desk("rate = 5", &[]).await;
+    desk.send("in.csv", &csv("Q-", 30), &[MYKAARMA], 30).await;
+    common::wait_for("a first request", Duration::from_secs(30), || {
+        w.stats().total_requests > 0
+    })
+    .await;
+    assert_eq!(desk.post_form("/pause", &[]).await.location(), "/watch");
+    common::wait_for_async("runs to say paused", Duration::from_secs(2), || async {
+        let runs = w.look(&["runs", "--format", "json"]).await;
+        let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+        runs[0]["state"] == "paused"
+    })
+    .await;
+    desk.post_form("/resume", &[]).await;
+    desk.wait_done(Duration::from_secs(60)).await;
+    assert_eq!(w.stats().total_requests, 30);
+    common::no_invoice_twice(&w);
+}

@@ -10,8 +10,8 @@
 
 mod check;
 mod handle;
-mod outlook;
 mod ledger_pause;
+mod outlook;
 mod summary;
 
 use std::collections::{HashMap, VecDeque};
