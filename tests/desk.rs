@@ -381,3 +381,31 @@ async fn the_desks_pause_button_is_recorded_in_the_ledger() {
     assert_eq!(w.stats().total_requests, 30);
     common::no_invoice_twice(&w);
 }
+
+#[tokio::test]
+async fn ctrl_c_on_the_desk_stops_its_paused_send_and_means_130() {
+    let w = World::start().await;
+    let desk = w.desk("rate = 5", &[]).await;
+    desk.send("in.csv", &csv("C-", 30), &[MYKAARMA], 30).await;
+    common::wait_for("a first request", Duration::from_secs(30), || {
+        w.stats().total_requests > 0
+    })
+    .await;
+    desk.post_form("/pause", &[]).await;
+    common::wait_for_async("the pause", Duration::from_secs(5), || async {
+        desk.get("/watch")
+            .await
+            .body
+            .contains("Paused: no request starts")
+    })
+    .await;
+    assert_eq!(desk.interrupt().await, 130);
+    let runs = w.look(&["runs", "--format", "json"]).await;
+    let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+    assert_eq!(runs[0]["exit_code"], 130, "{runs}");
+    assert_eq!(runs[0]["state"], "finished", "{runs}");
+    let sent = runs[0]["counts"]["sent"].as_u64().unwrap();
+    assert_eq!(sent, w.stats().total_requests);
+    assert_eq!(runs[0]["counts"]["not_sent"].as_u64().unwrap(), 30 - sent);
+    common::no_invoice_twice(&w);
+}

@@ -254,13 +254,18 @@ pub fn done(
             a.button href="/download/results.xlsx" { "Results (Excel workbook)" }
             a.button href="/download/results.csv" { "Results (CSV)" }
             @if current.report.is_some() { a.button.secondary href="/download/report.html" { "Report (HTML)" } }
+            p.note { "Download them now: they go when the desk stops. The ledger keeps every row: "
+                code { "invoice-dispatch export " (ended.as_ref().ok().and_then(|s| s.run.as_deref()).unwrap_or("RUN")) " --out results.xlsx" }
+                " writes them again." }
         }
         @match needing {
             Err(e) => p.error { "The rows that need a person cannot be read from the ledger: " (format!("{e:#}")) },
             Ok(rows) if rows.is_empty() => {},
             Ok(rows) => {
                 h2 { "Rows that need a person" }
-                p.note { "Unknown rows may have reached the customer: check them in myKaarma, then record what you found on the Resolve screen." }
+                @if rows.iter().any(|r| r.outcome.status != Status::Invalid) {
+                    p.note { "Unknown rows may have reached the customer: check them in myKaarma, then record what you found on the Resolve screen." }
+                }
                 div.scroll { table {
                     tr { th { "line" } th { "invoice" } th { "status" } th { "what happened" } }
                     @for row in &rows { tr {
@@ -291,7 +296,13 @@ fn verdict(s: &Summary) -> Markup {
     };
     html! {
         p class={ "verdict " (tone) } { (words) }
-        p.note { (s.line()) }
+        p.note {
+            (s.requests) " requests in " (format!("{:.1}", s.elapsed_seconds)) " s ("
+            (format!("{:.1}", s.requests_per_second)) " per second)"
+            @if s.paused_seconds > 0.0 { "; paused " (format!("{:.1}", s.paused_seconds)) " s" }
+            @if let Some(run) = &s.run { "; run " (run) }
+            "."
+        }
         div.numbers {
             @for status in Status::ALL {
                 @let n = s.counts.get(status);
