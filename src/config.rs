@@ -608,32 +608,47 @@ pub fn default_out(input: &Path) -> PathBuf {
     input.with_file_name(format!("{stem}.results.{extension}"))
 }
 
+/// `~/.local/share/invoice-dispatch/` on Linux; on Windows `%LOCALAPPDATA%\invoice-dispatch\`
+/// (SPEC 17), not the roaming profile: a domain profile that roams would copy the ledger
+/// between machines at logon and logoff, each copy forgetting the other's sends.
 fn default_ledger_path() -> Result<PathBuf> {
-    let dir = dirs::data_dir()
-        .context("cannot find the user's data folder for the ledger; pass --ledger PATH")?;
+    let dir = if cfg!(windows) {
+        dirs::data_local_dir()
+    } else {
+        dirs::data_dir()
+    };
+    let dir =
+        dir.context("cannot find the user's data folder for the ledger; pass --ledger PATH")?;
     Ok(dir.join("invoice-dispatch").join("ledger.sqlite3"))
 }
 
 fn read_password_file(path: &Path, warnings: &mut Vec<String>) -> Result<Secret> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read password_file {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                warnings.push(format!(
-                    "password_file {} is readable by other users; chmod 600 it",
-                    path.display()
-                ));
-            }
-        }
-    }
+    warnings.extend(readable_by_others(path));
     let password = text.trim_end_matches(['\r', '\n']).to_string();
     if password.is_empty() {
         bail!("password_file {} is empty", path.display());
     }
     Ok(Secret::new(password))
+}
+
+#[cfg(unix)]
+fn readable_by_others(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "password_file {} is readable by other users; chmod 600 it",
+            path.display()
+        )
+    })
+}
+
+/// Windows: a file in the user's profile is the user's; ACLs elsewhere are not judged.
+#[cfg(not(unix))]
+fn readable_by_others(_: &Path) -> Option<String> {
+    None
 }
 
 /// Normalises and checks the API base URL: https anywhere, http only to loopback, so that

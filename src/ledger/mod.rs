@@ -25,7 +25,8 @@
 //!    After a power cut a lost outcome leaves an intent with a leaving mark, or with no
 //!    evidence at all, and both read as `unknown`: a lost outcome never turns into a resend.
 //!
-//! Each run records the machine's boot id (`/proc/sys/kernel/random/boot_id`;
+//! Each run records the machine's boot id (Linux `/proc/sys/kernel/random/boot_id`;
+//! Windows, the boot time and the machine's name, see [`boot`];
 //! `INVOICE_DISPATCH_TEST_BOOT_ID` for tests), or for PostgreSQL the server's start time.
 //! A later run that finds a dead run's rows with an intent and no outcome settles them:
 //! same boot id, so the journal is intact: a row with an answer there gets it, one with
@@ -46,6 +47,7 @@
 //! flight `unknown`; so only runs that died leave settling to the next run.
 
 pub mod admission;
+mod boot;
 mod history;
 pub mod journal;
 mod postgres;
@@ -65,6 +67,7 @@ use crate::domain::{Clock, Counts, Outcome, RunId, SkipKind, Status, StopReason,
 use crate::input::Request;
 
 pub use admission::{Decision, Policy};
+pub use boot::{boot_id, same_boot};
 pub use history::HistoryEntry;
 
 pub use postgres::PgLocation;
@@ -150,16 +153,6 @@ fn sha256_file(path: &Path) -> Result<String> {
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// The machine's boot id: a change means the machine restarted (or is another machine)
-/// since, so marks that were written but not flushed may be gone.
-pub fn boot_id() -> Option<String> {
-    if let Ok(id) = std::env::var(crate::domain::TEST_OVERRIDES[1]) {
-        return Some(id);
-    }
-    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    Some(id.trim().to_string()).filter(|id| !id.is_empty())
 }
 
 /// One input record, as admission sees it.
