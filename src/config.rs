@@ -608,9 +608,17 @@ pub fn default_out(input: &Path) -> PathBuf {
     input.with_file_name(format!("{stem}.results.{extension}"))
 }
 
+/// `~/.local/share/invoice-dispatch/` on Linux; on Windows `%LOCALAPPDATA%\invoice-dispatch\`
+/// (SPEC 17), not the roaming profile: a domain profile that roams would copy the ledger
+/// between machines at logon and logoff, each copy forgetting the other's sends.
 fn default_ledger_path() -> Result<PathBuf> {
-    let dir = dirs::data_dir()
-        .context("cannot find the user's data folder for the ledger; pass --ledger PATH")?;
+    let dir = if cfg!(windows) {
+        dirs::data_local_dir()
+    } else {
+        dirs::data_dir()
+    };
+    let dir =
+        dir.context("cannot find the user's data folder for the ledger; pass --ledger PATH")?;
     Ok(dir.join("invoice-dispatch").join("ledger.sqlite3"))
 }
 

@@ -1,6 +1,12 @@
 //! Files the run leaves (results, report, metrics): written beside their final name and
 //! renamed over it once complete and on disk, so a reader never sees half a file and a
 //! power cut leaves the old one or the new one, never an empty one.
+//!
+//! On Windows the same holds on NTFS: the temporary file is flushed through a handle with
+//! write access (`FlushFileBuffers` refuses any other), and the rename (`MoveFileExW`) is a
+//! metadata change NTFS writes to its log as one unit. Neither platform's folder is
+//! flushed here: the rename itself may be undone by a power cut soon after, leaving the
+//! old file, which the ledger (the source of truth) can render again (`export`).
 
 use std::io::Write;
 use std::path::Path;
@@ -41,8 +47,18 @@ pub fn replace_atomically(
         temp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(mode))?;
     }
+    // A folder's permissions (the user's own profile) guard it on Windows.
+    #[cfg(not(unix))]
+    let _ = mode;
     temp.as_file().sync_all()?;
-    temp.persist(out)
-        .with_context(|| format!("cannot replace {what} {}", out.display()))?;
+    if let Err(e) = temp.persist(out) {
+        let hint = if cfg!(windows) && e.error.kind() == std::io::ErrorKind::PermissionDenied {
+            " (is it open in another program? Excel keeps the files it shows locked)"
+        } else {
+            ""
+        };
+        return Err(anyhow::Error::from(e.error))
+            .with_context(|| format!("cannot replace {what} {}{hint}", out.display()));
+    }
     Ok(())
 }

@@ -13,6 +13,9 @@ use invoice_dispatch::simulator::{SimConfig, Simulator};
 use invoice_dispatch::{desk, look, run};
 use tracing_subscriber::EnvFilter;
 
+mod interrupts;
+use interrupts::Interrupts;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -87,47 +90,39 @@ fn execute(config: Config, runtime: &tokio::runtime::Runtime, screen: &Screen) -
     }
 }
 
-/// First SIGINT/SIGTERM: stop the run (in-flight requests finish). Second: exit at once;
-/// the intents and leaving marks already in the ledger keep the rerun safe. Watched on a
-/// thread of its own, so a signal is answered whatever the run is doing (writing results,
-/// waiting for the ledger, paused) and whichever thread drives the requests.
+/// First interrupt (SIGINT/SIGTERM; on Windows Ctrl-C, Ctrl-Break, closing the console):
+/// stop the run (in-flight requests finish). Second: exit at once; the intents and leaving
+/// marks already in the ledger keep the rerun safe. Watched on a thread of its own, so an
+/// interrupt is answered whatever the run is doing (writing results, waiting for the
+/// ledger, paused) and whichever thread drives the requests.
 fn watch_signals(controls: run::Controls) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the signal watcher")?;
     // Registered before the thread starts, so no early signal slips through.
-    let handlers = rt.block_on(async { signal_handlers() })?;
+    let interrupts = rt.block_on(async { Interrupts::watch() })?;
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || rt.block_on(on_signals(handlers, controls)))
+        .spawn(move || rt.block_on(on_signals(interrupts, controls)))
         .context("cannot start the signal watcher")?;
     Ok(())
 }
 
-type Handlers = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
-
-fn signal_handlers() -> Result<Handlers> {
-    use tokio::signal::unix::{signal, SignalKind};
-    Ok((
-        signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
-        signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
-    ))
+async fn on_signals(mut interrupts: Interrupts, controls: run::Controls) {
+    interrupts.next().await;
+    say("\ninterrupted: finishing the requests in flight (press Ctrl-C again to quit at once)");
+    controls.stop();
+    interrupts.next().await;
+    say("interrupted twice: exiting now; rerun the same command to resume safely");
+    std::process::exit(130);
 }
 
-async fn on_signals((mut int, mut term): Handlers, controls: run::Controls) {
-    use tokio::signal::unix::Signal;
-    async fn next(int: &mut Signal, term: &mut Signal) {
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-    }
-    next(&mut int, &mut term).await;
-    eprintln!(
-        "\ninterrupted: finishing the requests in flight (press Ctrl-C again to quit at once)"
-    );
-    controls.stop();
-    next(&mut int, &mut term).await;
-    eprintln!("interrupted twice: exiting now; rerun the same command to resume safely");
-    std::process::exit(130);
+/// A line on stderr that may find no one: closing the console window is an interrupt too,
+/// writing to what it left may fail, and `eprintln!` panics when a write fails.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 async fn simulate(args: SimulateArgs) -> Result<()> {
@@ -164,9 +159,9 @@ async fn simulate(args: SimulateArgs) -> Result<()> {
     let on_signal = shutdown.clone();
     // SIGTERM too: in a container the simulator is PID 1, which ignores a signal it does
     // not handle, so `docker stop` would wait out its timeout.
-    let (mut int, mut term) = signal_handlers()?;
+    let mut interrupts = Interrupts::watch()?;
     tokio::spawn(async move {
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        interrupts.next().await;
         on_signal.cancel();
     });
     // The address goes to stdout on its own line so scripts and benches can read it.

@@ -34,23 +34,30 @@ pub fn credentials(file: &FileConfig, warnings: &mut Vec<String>) -> Result<Opti
 fn read_password_file(path: &Path, warnings: &mut Vec<String>) -> Result<Secret> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read password_file {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                warnings.push(format!(
-                    "password_file {} is readable by other users; chmod 600 it",
-                    path.display()
-                ));
-            }
-        }
-    }
+    warnings.extend(readable_by_others(path));
     let password = text.trim_end_matches(['\r', '\n']).to_string();
     if password.is_empty() {
         bail!("password_file {} is empty", path.display());
     }
     Ok(Secret::new(password))
+}
+
+#[cfg(unix)]
+fn readable_by_others(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "password_file {} is readable by other users; chmod 600 it",
+            path.display()
+        )
+    })
+}
+
+/// Windows: a file in the user's profile is the user's; ACLs elsewhere are not judged.
+#[cfg(not(unix))]
+fn readable_by_others(_: &Path) -> Option<String> {
+    None
 }
 
 /// Normalises and checks the API base URL: https anywhere, http only to loopback, so that

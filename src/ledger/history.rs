@@ -67,16 +67,19 @@ impl HistoryEntry {
     }
 
     /// When a row's answer came; for a row settled at admission, when it was admitted.
+    /// That is kept to the second, so it is never put before its run's start: a rerun's
+    /// skip in the same second as the send it skips would otherwise be listed first.
     pub fn row_time(
         answered_ms: Option<i64>,
         admitted: &str,
         run_started_ms: i64,
     ) -> DateTime<Utc> {
+        let started = from_millis(run_started_ms);
         match answered_ms {
             Some(ms) => from_millis(ms),
             None => DateTime::parse_from_rfc3339(admitted)
-                .map(|t| t.with_timezone(&Utc))
-                .unwrap_or_else(|_| from_millis(run_started_ms)),
+                .map(|t| t.with_timezone(&Utc).max(started))
+                .unwrap_or(started),
         }
     }
 
@@ -91,5 +94,31 @@ impl HistoryEntry {
             message: format!("resolved {verdict} by {by} ({file}, line {line})"),
             ..Self::new(at, run, target, department, "resolution", verdict)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::rfc3339;
+
+    #[test]
+    fn a_row_settled_at_admission_is_never_before_its_run_started() {
+        let started = from_millis(1_780_000_000_250);
+        let same_second = rfc3339(started);
+        assert_eq!(
+            HistoryEntry::row_time(None, &same_second, started.timestamp_millis()),
+            started
+        );
+        let later = from_millis(1_780_000_003_000);
+        assert_eq!(
+            HistoryEntry::row_time(None, &rfc3339(later), started.timestamp_millis()),
+            later
+        );
+        assert_eq!(
+            HistoryEntry::row_time(Some(1_780_000_000_100), "", 1_780_000_000_250),
+            from_millis(1_780_000_000_100),
+            "an answer keeps its own time"
+        );
     }
 }

@@ -25,7 +25,8 @@
 //!    After a power cut a lost outcome leaves an intent with a leaving mark, or with no
 //!    evidence at all, and both read as `unknown`: a lost outcome never turns into a resend.
 //!
-//! Each run records the machine's boot id (`/proc/sys/kernel/random/boot_id`;
+//! Each run records the machine's boot id (Linux `/proc/sys/kernel/random/boot_id`;
+//! Windows, the boot time and the machine's name, see [`boot`];
 //! `INVOICE_DISPATCH_TEST_BOOT_ID` for tests), or for PostgreSQL the server's start time.
 //! A later run that finds a dead run's rows with an intent and no outcome settles them:
 //! same boot id, so the journal is intact: a row with an answer there gets it, one with
@@ -44,8 +45,40 @@
 //! A run that ends normally (even interrupted, or stopped by a breaker) settles its own
 //! rows before it writes the results: rows never started become `not_sent`, rows still in
 //! flight `unknown`; so only runs that died leave settling to the next run.
+//!
+//! # On Windows
+//!
+//! The model needs three things of the platform: a flush that puts a commit on the disk
+//! before the rows it admits are queued; writes that reach the OS (not yet the disk) and
+//! survive the death of the process; and a boot id. Windows gives all three, with these
+//! differences from Linux:
+//!
+//! - **What can be flushed.** `FlushFileBuffers` (std's `sync_all`/`sync_data`) works only
+//!   on a handle with write access: the SQLite log is opened for writing there, though
+//!   nothing is written through it (a read-only handle fails with "Access denied", os
+//!   error 5). A folder cannot be flushed at all (a read-only folder handle is refused the
+//!   same way, and Windows has no `fsync` of a directory): nothing here relies on it. The
+//!   SQLite log's name in its folder, its size, and a rename are NTFS metadata, which NTFS
+//!   writes to its own log as units; SQLite, too, never flushes a folder on Windows. What
+//!   the flush of the log guarantees is the same as Linux's `fdatasync`: a commit it
+//!   returned from is on the disk, intents included.
+//! - **Leaving marks and answers** are appended with `WriteFile` on a handle opened for
+//!   appending (`FILE_APPEND_DATA`): each record lands whole at the end, in the system's
+//!   file cache, which a killed process (Task Manager, `taskkill /F`) does not take with
+//!   it. A power cut, a blue screen or a reboot may lose them: that is a new boot.
+//! - **The boot id** is the boot time with the machine's name ([`boot`]); readings within
+//!   two seconds are one boot. Its error is only ever toward a new boot (a run settled
+//!   more than about half a day after it died, or after the clock was stepped): every open
+//!   row of that run is then `unknown`, as after a power cut, never sent again.
+//! - **The lock** (`LockFileEx`) is released by the system when the process dies, as on
+//!   Unix; it covers a byte past the end of the file, so the pid written in it stays
+//!   readable by the run it refuses.
+//! - **Closing the console window** is an interrupt: the run stops starting requests, but
+//!   Windows ends the process about five seconds later whatever it is doing; what it did
+//!   not finish is what a kill leaves (the first row of the table above).
 
 pub mod admission;
+mod boot;
 mod history;
 pub mod journal;
 mod pausing;
@@ -66,6 +99,7 @@ use crate::domain::{Clock, Counts, Outcome, RunId, SkipKind, Status, StopReason,
 use crate::input::Request;
 
 pub use admission::{judge, Decision, Policy, Prior};
+pub use boot::{boot_id, same_boot};
 pub use history::HistoryEntry;
 pub use pausing::{set_paused, PauseChange, PauseState};
 
@@ -152,16 +186,6 @@ fn sha256_file(path: &Path) -> Result<String> {
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// The machine's boot id: a change means the machine restarted (or is another machine)
-/// since, so marks that were written but not flushed may be gone.
-pub fn boot_id() -> Option<String> {
-    if let Ok(id) = std::env::var(crate::domain::TEST_OVERRIDES[1]) {
-        return Some(id);
-    }
-    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    Some(id.trim().to_string()).filter(|id| !id.is_empty())
 }
 
 /// One input record, as admission sees it.

@@ -41,8 +41,8 @@ use super::admission::{judge, Policy, Prior, StoredPrior};
 use super::journal::Journal;
 use super::resolution::{self, SendState};
 use super::{
-    boot_id, Admission, Batch, Entry, EntryKind, HistoryEntry, Marks, PauseState, ResolveRequest,
-    Resolved, ResultRow, RunEnd, RunInfo, RunRecord, Store, Unfinished, Verdict,
+    boot_id, same_boot, Admission, Batch, Entry, EntryKind, HistoryEntry, Marks, PauseState,
+    ResolveRequest, Resolved, ResultRow, RunEnd, RunInfo, RunRecord, Store, Unfinished, Verdict,
 };
 use crate::domain::{
     from_millis, rfc3339, AttemptNote, Counts, Outcome, RunId, SkipKind, Status, StopReason,
@@ -209,9 +209,15 @@ impl Store for SqliteStore {
         self.journal_path = Some(journal);
         if self.durable {
             // The file SQLite appends every commit to; it exists once anything was written.
+            // Opened for writing on Windows, where `FlushFileBuffers` refuses a read-only
+            // handle ("Access denied"); nothing is written through it.
             let wal = format!("{}-wal", self.path.display());
             self.wal = Some(
-                File::open(&wal).with_context(|| format!("cannot open the ledger log {wal}"))?,
+                File::options()
+                    .read(true)
+                    .write(cfg!(windows))
+                    .open(&wal)
+                    .with_context(|| format!("cannot open the ledger log {wal}"))?,
             );
             self.flush()?;
             self.conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;

@@ -21,7 +21,7 @@ impl SqliteStore {
             // otherwise nobody can tell.
             let evidence = if marks_durable {
                 Evidence::Table
-            } else if boot.is_some() && boot == this_boot && file.exists() {
+            } else if same_boot(boot.as_deref(), this_boot.as_deref()) && file.exists() {
                 Evidence::Journal(&file)
             } else {
                 Evidence::Nothing
