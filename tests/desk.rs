@@ -23,6 +23,22 @@ fn csv(prefix: &str, n: usize) -> Vec<u8> {
 
 const MYKAARMA: (&str, &str) = ("target", "mykaarma");
 
+/// Sends `n` rows to "myKaarma" (the world's simulator) through the desk, until the first
+/// request has arrived.
+async fn sending(w: &World, desk: &Desk, prefix: &str, n: usize) {
+    desk.send("in.csv", &csv(prefix, n), &[MYKAARMA], n as u64)
+        .await;
+    common::wait_for("a first request", Duration::from_secs(30), || {
+        w.stats().total_requests > 0
+    })
+    .await;
+}
+
+/// `runs --format json`, newest first.
+async fn runs(w: &World) -> serde_json::Value {
+    serde_json::from_str(&w.look(&["runs", "--format", "json"]).await.stdout).unwrap()
+}
+
 #[tokio::test]
 async fn without_the_token_nothing_is_served() {
     let w = World::start().await;
@@ -185,13 +201,8 @@ async fn the_desk_listens_on_loopback_only() {
 async fn a_second_send_while_one_runs_is_refused() {
     let w = World::start().await;
     let desk = w.desk("rate = 5", &[]).await;
-    desk.send("first.csv", &csv("A-", 20), &[MYKAARMA], 20)
-        .await;
     // Past the new ledger's creation, which a look at it would wait for.
-    common::wait_for("a first request", Duration::from_secs(30), || {
-        w.stats().total_requests > 0
-    })
-    .await;
+    sending(&w, &desk, "A-", 20).await;
     let up = desk.upload("second.csv", &csv("B-", 5), &[MYKAARMA]).await;
     assert_eq!(up.status, 303, "{}", up.body);
     let id = up.location().rsplit('/').next().unwrap().to_string();
@@ -289,11 +300,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn a_stop_leaves_the_rest_not_sent_and_means_130() {
     let w = World::start().await;
     let desk = w.desk("rate = 5", &[]).await;
-    desk.send("in.csv", &csv("INV-", 40), &[MYKAARMA], 40).await;
-    common::wait_for("a first request", Duration::from_secs(30), || {
-        w.stats().total_requests > 0
-    })
-    .await;
+    sending(&w, &desk, "INV-", 40).await;
     let stopped = desk.post_form("/stop", &[]).await;
     assert_eq!(stopped.location(), "/watch");
     let done = desk.wait_done(Duration::from_secs(60)).await;
@@ -310,8 +317,7 @@ async fn a_stop_leaves_the_rest_not_sent_and_means_130() {
     assert_eq!(sent as u64, w.stats().total_requests);
     assert_eq!(sent + not_sent, 40, "sent or not_sent, nothing else");
     assert!(not_sent > 0);
-    let runs = w.look(&["runs", "--format", "json"]).await;
-    let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+    let runs = runs(&w).await;
     assert_eq!(runs[0]["exit_code"], 130, "{runs}");
 }
 
@@ -319,13 +325,8 @@ async fn a_stop_leaves_the_rest_not_sent_and_means_130() {
 async fn a_pause_typed_elsewhere_pauses_the_desks_send() {
     let w = World::start().await;
     let desk = w.desk("rate = 5", &[]).await;
-    desk.send("in.csv", &csv("P-", 30), &[MYKAARMA], 30).await;
-    common::wait_for("a first request", Duration::from_secs(30), || {
-        w.stats().total_requests > 0
-    })
-    .await;
-    let runs = w.look(&["runs", "--format", "json"]).await;
-    let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+    sending(&w, &desk, "P-", 30).await;
+    let runs = runs(&w).await;
     let run = runs[0]["id"].as_str().unwrap().to_string();
     let paused = w.look(&["pause", &run]).await;
     assert_eq!(paused.code, 0, "{}", paused.stderr);
@@ -364,16 +365,10 @@ async fn a_pause_typed_elsewhere_pauses_the_desks_send() {
 async fn the_desks_pause_button_is_recorded_in_the_ledger() {
     let w = World::start().await;
     let desk = w.desk("rate = 5", &[]).await;
-    desk.send("in.csv", &csv("Q-", 30), &[MYKAARMA], 30).await;
-    common::wait_for("a first request", Duration::from_secs(30), || {
-        w.stats().total_requests > 0
-    })
-    .await;
+    sending(&w, &desk, "Q-", 30).await;
     assert_eq!(desk.post_form("/pause", &[]).await.location(), "/watch");
     common::wait_for_async("runs to say paused", Duration::from_secs(2), || async {
-        let runs = w.look(&["runs", "--format", "json"]).await;
-        let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
-        runs[0]["state"] == "paused"
+        runs(&w).await[0]["state"] == "paused"
     })
     .await;
     desk.post_form("/resume", &[]).await;
@@ -386,11 +381,7 @@ async fn the_desks_pause_button_is_recorded_in_the_ledger() {
 async fn ctrl_c_on_the_desk_stops_its_paused_send_and_means_130() {
     let w = World::start().await;
     let desk = w.desk("rate = 5", &[]).await;
-    desk.send("in.csv", &csv("C-", 30), &[MYKAARMA], 30).await;
-    common::wait_for("a first request", Duration::from_secs(30), || {
-        w.stats().total_requests > 0
-    })
-    .await;
+    sending(&w, &desk, "C-", 30).await;
     desk.post_form("/pause", &[]).await;
     common::wait_for_async("the pause", Duration::from_secs(5), || async {
         desk.get("/watch")
@@ -400,8 +391,7 @@ async fn ctrl_c_on_the_desk_stops_its_paused_send_and_means_130() {
     })
     .await;
     assert_eq!(desk.interrupt().await, 130);
-    let runs = w.look(&["runs", "--format", "json"]).await;
-    let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+    let runs = runs(&w).await;
     assert_eq!(runs[0]["exit_code"], 130, "{runs}");
     assert_eq!(runs[0]["state"], "finished", "{runs}");
     let sent = runs[0]["counts"]["sent"].as_u64().unwrap();
