@@ -399,3 +399,29 @@ async fn ctrl_c_on_the_desk_stops_its_paused_send_and_means_130() {
     assert_eq!(runs[0]["counts"]["not_sent"].as_u64().unwrap(), 30 - sent);
     common::no_invoice_twice(&w);
 }
+
+#[tokio::test]
+async fn a_runs_results_outlive_the_desk_that_sent_it() {
+    let w = World::start().await;
+    let first = w.desk("", &[]).await;
+    first.send("in.csv", &csv("R-", 4), &[MYKAARMA], 4).await;
+    first.wait_done(Duration::from_secs(60)).await;
+    assert_eq!(first.interrupt().await, 0, "nothing running: a plain exit");
+    let desk = w.desk("", &[]).await;
+    let runs = desk.get("/runs").await;
+    assert!(
+        runs.body.contains("href=\"/runs/r1/results.csv\""),
+        "{}",
+        runs.body
+    );
+    let rows = common::parse_results(&desk.get("/runs/r1/results.csv").await.body);
+    let invoices: Vec<&str> = rows.iter().map(|r| r["invoice_guid"].as_str()).collect();
+    assert_eq!(invoices, ["R-00000", "R-00001", "R-00002", "R-00003"]);
+    assert!(rows.iter().all(|r| r["status"] == "sent"));
+    let book = desk.get("/runs/r1/results.xlsx").await;
+    assert_eq!(book.status, 200);
+    assert!(book.body.starts_with("PK"));
+    assert_eq!(desk.get("/runs/r9/results.csv").await.status, 404);
+    assert_eq!(desk.get("/runs/r1/ledger.sqlite3").await.status, 404);
+    assert_eq!(w.stats().total_requests, 4);
+}

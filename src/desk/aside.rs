@@ -3,14 +3,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use anyhow::Result;
-use axum::extract::{Multipart, Query, State};
+use anyhow::{Context, Result};
+use axum::extract::{Multipart, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::pages::aside as screens;
-use super::{flow, Desk};
+use super::pages::{self, aside as screens};
+use super::{flow, sending, Desk};
+use crate::domain::RunId;
 use crate::ledger::{self, Location, Store};
+use crate::results;
 
 /// The ledger for reading, or `None` when nothing was ever sent with it.
 fn reading(location: &Location) -> Result<Option<Box<dyn Store>>> {
@@ -54,6 +56,44 @@ pub async fn history(
     })
     .await;
     screens::history(&desk, Some(&invoice), entries).into_response()
+}
+
+/// A run's rows from the ledger alone, as `export` writes them: the results of any run,
+/// after its desk (and its private folder) have gone.
+pub async fn run_results(
+    State(desk): State<Arc<Desk>>,
+    UrlPath((run, what)): UrlPath<(String, String)>,
+) -> Response {
+    let (Some(id), true) = (
+        RunId::parse(&run),
+        ["results.csv", "results.xlsx"].contains(&what.as_str()),
+    ) else {
+        return pages::not_found().await;
+    };
+    let dir = desk.folder.path().join(format!("x{}", desk.next_id()));
+    let path = dir.join(format!("{id}.{what}"));
+    let (location, out) = (desk.settings.ledger.clone(), path.clone());
+    let made = blocking(move || {
+        let mut store = reading(&location)?.context("nothing has been sent with this ledger")?;
+        let record = store
+            .run(id)?
+            .with_context(|| format!("there is no run {id}"))?;
+        std::fs::create_dir_all(&dir)?;
+        if out.extension().is_some_and(|e| e == "xlsx") {
+            results::export_workbook(store.as_mut(), &record, &out)?;
+        } else {
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&out)?);
+            results::export(store.as_mut(), id, &mut file)?;
+            std::io::Write::flush(&mut file)?;
+        }
+        Ok(())
+    })
+    .await;
+    match made {
+        Ok(()) if what == "results.xlsx" => sending::attachment(&path, sending::XLSX).await,
+        Ok(()) => sending::attachment(&path, sending::CSV).await,
+        Err(e) => pages::message(StatusCode::NOT_FOUND, "No results", &format!("{e:#}")),
+    }
 }
 
 pub async fn resolve_form(State(desk): State<Arc<Desk>>) -> Response {

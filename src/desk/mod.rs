@@ -118,6 +118,7 @@ fn router(desk: Arc<Desk>) -> Router {
         .route("/done", get(sending::done))
         .route("/download/{what}", get(sending::download))
         .route("/runs", get(aside::runs))
+        .route("/runs/{run}/{what}", get(aside::run_results))
         .route("/history", get(aside::history))
         .route("/resolve", get(aside::resolve_form).post(aside::resolve))
         .route("/desk.css", get(pages::stylesheet))

@@ -240,17 +240,22 @@ pub async fn download(State(desk): State<Arc<Desk>>, UrlPath(what): UrlPath<Stri
         _ => (&current.outs.0, &current.outs.1),
     };
     let (path, kind) = match what.as_str() {
-        "results.csv" => (csv, "text/csv; charset=utf-8"),
-        "results.xlsx" => (
-            xlsx,
-            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-        ),
+        "results.csv" => (csv, CSV),
+        "results.xlsx" => (xlsx, XLSX),
         "report.html" => match &current.report {
             Some(report) => (report, "text/html; charset=utf-8"),
             None => return pages::not_found().await,
         },
         _ => return pages::not_found().await,
     };
+    attachment(path, kind).await
+}
+
+pub const CSV: &str = "text/csv; charset=utf-8";
+pub const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+
+/// A file as a download, under its own name made plain.
+pub async fn attachment(path: &std::path::Path, kind: &str) -> Response {
     let Ok(bytes) = tokio::fs::read(path).await else {
         return pages::not_found().await;
     };

@@ -12,12 +12,12 @@ use crate::look::Resolution;
 pub fn runs(desk: &Desk, runs: anyhow::Result<Vec<RunRecord>>) -> Html<String> {
     let body = html! {
         h1 { "Runs" }
-        p.note { "The last 50 sends recorded in " (desk.settings.ledger.describe()) ", newest first." }
+        p.note { "The last 50 sends recorded in " (desk.settings.ledger.describe()) ", newest first. Each run's results come from the ledger: the status of every row, with its line, department and invoice." }
         @match runs {
             Err(e) => p.error { (format!("{e:#}")) },
             Ok(runs) if runs.is_empty() => p.card { "No runs yet." },
             Ok(runs) => div.scroll { table {
-                tr { th { "run" } th { "started" } th { "state" } th { "target" } th { "input" } th { "rows" } th { "sent" } th { "need a person" } th { "exit" } }
+                tr { th { "run" } th { "started" } th { "state" } th { "target" } th { "input" } th { "rows" } th { "sent" } th { "need a person" } th { "exit" } th { "results" } }
                 @for r in &runs { tr {
                     td { (r.id) }
                     td { (rfc3339(r.started)) }
@@ -28,6 +28,7 @@ pub fn runs(desk: &Desk, runs: anyhow::Result<Vec<RunRecord>>) -> Html<String> {
                     td { (r.counts.get(crate::domain::Status::Sent)) }
                     td { (r.counts.get(crate::domain::Status::Failed) + r.counts.get(crate::domain::Status::Unknown) + r.skipped_unknown) }
                     td { (r.exit_code.map(|c| c.to_string()).unwrap_or_default()) }
+                    td { a href={ "/runs/" (r.id) "/results.xlsx" } { "xlsx" } " · " a href={ "/runs/" (r.id) "/results.csv" } { "csv" } }
                 } }
             } },
         }
