@@ -254,9 +254,8 @@ pub fn done(
             a.button href="/download/results.xlsx" { "Results (Excel workbook)" }
             a.button href="/download/results.csv" { "Results (CSV)" }
             @if current.report.is_some() { a.button.secondary href="/download/report.html" { "Report (HTML)" } }
-            p.note { "Download them now: they go when the desk stops. The ledger keeps every row: "
-                code { "invoice-dispatch export " (ended.as_ref().ok().and_then(|s| s.run.as_deref()).unwrap_or("RUN")) " --out results.xlsx" }
-                " writes them again." }
+            p.note { "These files go when the desk stops. The ledger keeps every row: the "
+                a href="/runs" { "Runs" } " screen gives any run's results again." }
         }
         @match needing {
             Err(e) => p.error { "The rows that need a person cannot be read from the ledger: " (format!("{e:#}")) },
