@@ -20,13 +20,13 @@ pub fn runs(desk: &Desk, runs: anyhow::Result<Vec<RunRecord>>) -> Html<String> {
                 tr { th { "run" } th { "started" } th { "state" } th { "target" } th { "input" } th { "rows" } th { "sent" } th { "need a person" } th { "exit" } th { "results" } }
                 @for r in &runs { tr {
                     td { (r.id) }
-                    td { (rfc3339(r.started)) }
+                    td { (r.started.format("%Y-%m-%d %H:%M UTC")) }
                     td { (r.state) }
                     td { (r.target) }
-                    td { (r.input) }
+                    td title=(r.input) { (file_name(&r.input)) }
                     td { (r.counts.rows()) }
                     td { (r.counts.get(crate::domain::Status::Sent)) }
-                    td { (r.counts.get(crate::domain::Status::Failed) + r.counts.get(crate::domain::Status::Unknown) + r.skipped_unknown) }
+                    td { (needing(r)) }
                     td { (r.exit_code.map(|c| c.to_string()).unwrap_or_default()) }
                     td { a href={ "/runs/" (r.id) "/results.xlsx" } { "xlsx" } " · " a href={ "/runs/" (r.id) "/results.csv" } { "csv" } }
                 } }
@@ -87,4 +87,19 @@ pub fn resolve(desk: &Desk, said: Option<anyhow::Result<Resolution>>) -> Html<St
         }
     };
     page("Resolve", Mode::Plain, false, body)
+}
+
+/// A path's last part, as a person named the file (the desk's uploads live in its folder).
+fn file_name(path: &str) -> &str {
+    path.rsplit(['/', '\\']).next().unwrap_or(path)
+}
+
+/// As Done counts them: failed, unknown, invalid, and skipped as maybe delivered.
+fn needing(r: &RunRecord) -> u64 {
+    use crate::domain::Status::{Failed, Invalid, Unknown};
+    [Failed, Unknown, Invalid]
+        .map(|s| r.counts.get(s))
+        .iter()
+        .sum::<u64>()
+        + r.skipped_unknown
 }
