@@ -1,6 +1,6 @@
 //! What a person (or a service manager) does to say "stop": SIGINT and SIGTERM on Unix;
-//! Ctrl-C, Ctrl-Break and closing the console window on Windows. `send` and `simulate`
-//! watch the same set, so both stop the same way on each platform.
+//! Ctrl-C, Ctrl-Break and closing the console window on Windows. `send`, `simulate` and
+//! the desk watch the same set, so all stop the same way on each platform.
 //!
 //! On Windows closing the console is final: the system ends the process about five
 //! seconds after it is told, whatever the handler does. Tokio's handler never returns for
@@ -60,4 +60,11 @@ impl Interrupts {
             tokio::select! { _ = c.recv() => {}, _ = brk.recv() => {}, _ = close.recv() => {} }
         }
     }
+}
+
+/// A line on stderr that may find no one: closing the console window is an interrupt too,
+/// writing to what it left may fail, and `eprintln!` panics when a write fails.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -30,6 +30,7 @@ pub mod domain;
 pub mod evidence;
 pub mod files;
 pub mod input;
+pub mod interrupts;
 pub mod ledger;
 pub mod look;
 pub mod results;

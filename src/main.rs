@@ -13,8 +13,7 @@ use invoice_dispatch::simulator::{SimConfig, Simulator};
 use invoice_dispatch::{desk, look, run};
 use tracing_subscriber::EnvFilter;
 
-mod interrupts;
-use interrupts::Interrupts;
+use invoice_dispatch::interrupts::{say, Interrupts};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -116,13 +115,6 @@ async fn on_signals(mut interrupts: Interrupts, controls: run::Controls) {
     interrupts.next().await;
     say("interrupted twice: exiting now; rerun the same command to resume safely");
     std::process::exit(130);
-}
-
-/// A line on stderr that may find no one: closing the console window is an interrupt too,
-/// writing to what it left may fail, and `eprintln!` panics when a write fails.
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 async fn simulate(args: SimulateArgs) -> Result<()> {

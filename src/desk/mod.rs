@@ -28,6 +28,7 @@ use axum::Router;
 use crate::cli::DeskArgs;
 use crate::client::Credentials;
 use crate::domain::Clock;
+use crate::interrupts::{say, Interrupts};
 use settings::Settings;
 
 pub use guard::MAX_UPLOAD;
@@ -53,6 +54,12 @@ impl Desk {
     fn next_id(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed) + 1
     }
+
+    /// The send running now, if any: started, and without its summary yet.
+    fn running(&self) -> Option<Arc<sending::Current>> {
+        let current = self.current.lock().unwrap().clone();
+        current.filter(|c| c.summary().is_none())
+    }
 }
 
 /// `invoice-dispatch desk`: serves until Ctrl-C. A send running then is stopped as an
@@ -69,6 +76,8 @@ pub async fn serve(args: DeskArgs, clock: Clock) -> Result<u8> {
         );
     }
     let settings = Settings::resolve(&args)?;
+    // Watched from the start, so no early interrupt slips through.
+    let interrupts = Interrupts::watch()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -92,7 +101,7 @@ pub async fn serve(args: DeskArgs, clock: Clock) -> Result<u8> {
         open_browser(&url);
     }
     let stopped = Arc::new(AtomicBool::new(false));
-    let shutdown = interrupted(desk.clone(), stopped.clone());
+    let shutdown = interrupted(desk.clone(), interrupts, stopped.clone());
     axum::serve(listener, router(desk.clone()))
         .with_graceful_shutdown(shutdown)
         .await
@@ -149,21 +158,19 @@ fn open_browser(url: &str) {
     }
 }
 
-/// Resolves on the first Ctrl-C, once a send running then has ended; a second Ctrl-C
-/// exits at once (the ledger keeps the rerun safe).
-async fn interrupted(desk: Arc<Desk>, stopped: Arc<AtomicBool>) {
-    if tokio::signal::ctrl_c().await.is_err() {
-        return std::future::pending().await;
-    }
-    let running = desk.current.lock().unwrap().clone();
-    if let Some(current) = running.filter(|c| !c.is_finished()) {
-        eprintln!("\ninterrupted: stopping the send (requests in flight finish; press Ctrl-C again to quit at once)");
+/// Resolves on the first interrupt (as `send` takes them: Ctrl-C, SIGTERM; Ctrl-Break and
+/// closing the console on Windows), once a send running then has ended; a second one exits
+/// at once (the ledger keeps the rerun safe).
+async fn interrupted(desk: Arc<Desk>, mut interrupts: Interrupts, stopped: Arc<AtomicBool>) {
+    interrupts.next().await;
+    if let Some(current) = desk.running() {
+        say("\ninterrupted: stopping the send (requests in flight finish; press Ctrl-C again to quit at once)");
         current.controls.stop();
         stopped.store(true, Ordering::Relaxed);
         tokio::select! {
             _ = current.finished() => {}
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("interrupted twice: exiting now; the ledger keeps a rerun safe");
+            _ = interrupts.next() => {
+                say("interrupted twice: exiting now; the ledger keeps a rerun safe");
                 std::process::exit(130);
             }
         }

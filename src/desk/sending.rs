@@ -33,10 +33,6 @@ pub struct Current {
 }
 
 impl Current {
-    pub fn is_finished(&self) -> bool {
-        self.events.borrow().is_finished()
-    }
-
     /// Waits until the run has ended.
     pub async fn finished(&self) {
         let _ = self.events.clone().wait_for(Event::is_finished).await;
@@ -56,12 +52,6 @@ impl Current {
     pub fn summary(&self) -> Option<Result<Summary, String>> {
         self.ended.lock().unwrap().clone()
     }
-}
-
-/// The one send running now, if any.
-fn running(desk: &Desk) -> Option<Arc<Current>> {
-    let current = desk.current.lock().unwrap().clone();
-    current.filter(|c| !c.is_finished() || c.summary().is_none())
 }
 
 #[derive(Deserialize)]
@@ -93,7 +83,7 @@ pub async fn send(
     if desk.starting.swap(true, Ordering::SeqCst) {
         return busy();
     }
-    if running(&desk).is_some() {
+    if desk.running().is_some() {
         desk.starting.store(false, Ordering::SeqCst);
         return busy();
     }
@@ -182,7 +172,7 @@ pub async fn stop(State(desk): State<Arc<Desk>>) -> Response {
 }
 
 fn control(desk: &Desk, act: impl FnOnce(&Controls)) -> Response {
-    if let Some(current) = running(desk) {
+    if let Some(current) = desk.running() {
         act(&current.controls);
     }
     see_other("/watch")

@@ -20,12 +20,7 @@ fn mode(upload: &Upload) -> Mode<'_> {
 }
 
 pub fn choose(desk: &Desk, error: Option<&str>) -> Html<String> {
-    let running = desk
-        .current
-        .lock()
-        .unwrap()
-        .as_ref()
-        .is_some_and(|c| !c.is_finished());
+    let running = desk.running().is_some();
     let body = html! {
         (steps(0))
         h1 { "Send payment requests from a spreadsheet" }
