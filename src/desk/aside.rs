@@ -11,16 +11,8 @@ use axum::response::{IntoResponse, Response};
 use super::pages::{self, aside as screens};
 use super::{flow, sending, Desk};
 use crate::domain::RunId;
-use crate::ledger::{self, Location, Store};
+use crate::ledger;
 use crate::results;
-
-/// The ledger for reading, or `None` when nothing was ever sent with it.
-fn reading(location: &Location) -> Result<Option<Box<dyn Store>>> {
-    match location {
-        Location::Sqlite(path) if !path.is_file() => Ok(None),
-        location => ledger::open(location, true).map(Some),
-    }
-}
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
@@ -30,7 +22,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 pub async fn runs(State(desk): State<Arc<Desk>>) -> Response {
     let location = desk.settings.ledger.clone();
-    let runs = blocking(move || match reading(&location)? {
+    let runs = blocking(move || match ledger::open_existing(&location)? {
         Some(mut store) => store.runs(50),
         None => Ok(Vec::new()),
     })
@@ -50,7 +42,7 @@ pub async fn history(
         return screens::history(&desk, None, Ok(Vec::new())).into_response();
     };
     let (location, asked) = (desk.settings.ledger.clone(), invoice.clone());
-    let entries = blocking(move || match reading(&location)? {
+    let entries = blocking(move || match ledger::open_existing(&location)? {
         Some(mut store) => store.history(&asked, None),
         None => Ok(Vec::new()),
     })
@@ -74,7 +66,8 @@ pub async fn run_results(
     let path = dir.join(format!("{id}.{what}"));
     let (location, out) = (desk.settings.ledger.clone(), path.clone());
     let made = blocking(move || {
-        let mut store = reading(&location)?.context("nothing has been sent with this ledger")?;
+        let mut store =
+            ledger::open_existing(&location)?.context("nothing has been sent with this ledger")?;
         let record = store
             .run(id)?
             .with_context(|| format!("there is no run {id}"))?;

@@ -481,6 +481,15 @@ pub fn open(location: &Location, read_only: bool) -> Result<Box<dyn Store>> {
     }
 }
 
+/// Opens the ledger to read it; `None` for a SQLite file not made yet (nothing has been
+/// sent with it), which is no error to a reader that only looks.
+pub fn open_existing(location: &Location) -> Result<Option<Box<dyn Store>>> {
+    match location {
+        Location::Sqlite(path) if !path.is_file() => Ok(None),
+        location => open(location, true).map(Some),
+    }
+}
+
 /// Where leaving marks and answers go: somewhere that survives the death of the process
 /// before the request leaves, and before the row's send slot is released.
 #[derive(Clone)]

@@ -10,7 +10,7 @@ use super::check::tell_how_read;
 use crate::config::Send;
 use crate::domain::{Clock, Status};
 use crate::input::{InputReader, Seen};
-use crate::ledger::{self, Entry, EntryKind, Location, Store};
+use crate::ledger::{self, Entry, EntryKind, Store};
 
 /// How many rows of each kind are listed; the rest are counted.
 const LISTED: usize = 500;
@@ -97,10 +97,7 @@ pub fn outlook(config: &Send, clock: &Clock) -> Result<Outlook> {
         notes: reader.notes(),
         ..Outlook::default()
     };
-    let store = match &config.ledger {
-        Location::Sqlite(path) if !path.is_file() => None,
-        location => Some(ledger::open(location, true)?),
-    };
+    let store = ledger::open_existing(&config.ledger)?;
     o.new_ledger = store.is_none();
     let mut ahead = Ahead {
         config,
