@@ -39,7 +39,7 @@ pub async fn history(
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty());
     let Some(invoice) = invoice else {
-        return screens::history(&desk, None, Ok(Vec::new())).into_response();
+        return screens::history(None, Ok(Vec::new())).into_response();
     };
     let (location, asked) = (desk.settings.ledger.clone(), invoice.clone());
     let entries = blocking(move || match ledger::open_existing(&location)? {
@@ -47,7 +47,7 @@ pub async fn history(
         None => Ok(Vec::new()),
     })
     .await;
-    screens::history(&desk, Some(&invoice), entries).into_response()
+    screens::history(Some(&invoice), entries).into_response()
 }
 
 /// A run's rows from the ledger alone, as `export` writes them: the results of any run,

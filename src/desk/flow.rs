@@ -30,26 +30,44 @@ pub struct Upload {
     pub outlook: Outlook,
     /// The rate, the send window and `skip_paid`, in words.
     pub plans: Vec<String>,
+    pub results: Results,
 }
 
 impl Upload {
-    /// The results as the engine writes them (a workbook for a workbook), and the other kind.
-    pub fn outs(&self) -> (PathBuf, PathBuf) {
-        let out = crate::config::default_out(&self.path);
-        let other = match out.extension().and_then(|e| e.to_str()) {
-            Some("xlsx") => out.with_extension("csv"),
-            _ => out.with_extension("xlsx"),
-        };
-        (out, other)
-    }
-
-    pub fn job<'a>(&'a self, outs: &'a (PathBuf, PathBuf)) -> Job<'a> {
+    pub fn job(&self) -> Job<'_> {
         Job {
             input: &self.path,
             sheet: self.sheet.as_deref(),
             rehearse: self.rehearse,
-            out: &outs.0,
-            also_out: &outs.1,
+            out: &self.results.out,
+            also_out: &self.results.also,
+        }
+    }
+}
+
+/// Where a send's results go: the file the engine writes (a workbook for a workbook, as
+/// `send` names it) and the same rows in the other format.
+pub struct Results {
+    pub out: PathBuf,
+    pub also: PathBuf,
+}
+
+impl Results {
+    /// Found once, when the file comes in: naming them reads the input's first bytes.
+    fn beside(input: &Path) -> Results {
+        let out = crate::config::default_out(input);
+        let also = match out.extension().and_then(|e| e.to_str()) {
+            Some("xlsx") => out.with_extension("csv"),
+            _ => out.with_extension("xlsx"),
+        };
+        Results { out, also }
+    }
+
+    /// The file of one format: `csv` or `xlsx`.
+    pub fn of_format(&self, extension: &str) -> &Path {
+        match self.out.extension() {
+            Some(e) if e == extension => &self.out,
+            _ => &self.also,
         }
     }
 }
@@ -203,33 +221,40 @@ fn safe_name(given: &str) -> String {
 
 /// Resolves the send this file would make, and looks ahead at it.
 fn look(desk: &Desk, id: u64, chosen: Chosen) -> Result<Upload> {
-    let mut upload = Upload {
-        id,
-        name: chosen.name,
-        path: chosen.path.unwrap_or_default(),
-        sheet: chosen.sheet,
+    let path = chosen.path.unwrap_or_default();
+    let results = Results::beside(&path);
+    let job = Job {
+        input: &path,
+        sheet: chosen.sheet.as_deref(),
         rehearse: chosen.rehearse,
-        target: String::new(),
-        outlook: Outlook::default(),
-        plans: Vec::new(),
+        out: &results.out,
+        also_out: &results.also,
     };
-    let outs = upload.outs();
     let typed = desk.typed.lock().unwrap().clone();
-    let send = desk.settings.send(&upload.job(&outs), typed)?;
-    upload.target = match &send.target {
+    let send = desk.settings.send(&job, typed)?;
+    let target = match &send.target {
         Target::Simulator => {
             "the built-in simulator (a rehearsal: nothing reaches myKaarma)".into()
         }
         Target::Url(url) => url.clone(),
     };
-    upload.outlook = run::outlook(&send, &desk.clock)?;
-    upload.plans = vec![rate_words(&send)];
-    upload.plans.extend(run::plans(
+    let mut plans = vec![rate_words(&send)];
+    plans.extend(run::plans(
         send.window.as_ref(),
         send.dispatch.skip_paid,
         &desk.clock,
     ));
-    Ok(upload)
+    Ok(Upload {
+        id,
+        name: chosen.name,
+        sheet: chosen.sheet,
+        rehearse: chosen.rehearse,
+        target,
+        outlook: run::outlook(&send, &desk.clock)?,
+        plans,
+        results,
+        path,
+    })
 }
 
 fn rate_words(send: &crate::config::Send) -> String {

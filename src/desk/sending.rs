@@ -23,9 +23,6 @@ pub struct Current {
     pub upload: Arc<Upload>,
     pub controls: Controls,
     pub events: watch::Receiver<Event>,
-    /// Rows the Check said would be read.
-    pub total: u64,
-    pub outs: (PathBuf, PathBuf),
     pub report: Option<PathBuf>,
     pub started: std::time::Instant,
     /// Its summary once it has one, or the error that ended it.
@@ -118,17 +115,14 @@ fn busy() -> Response {
 
 /// Starts the send on the engine, and a thread that keeps its summary when it ends.
 fn start(desk: &Desk, upload: Arc<Upload>) -> Result<Arc<Current>> {
-    let outs = upload.outs();
     let typed = desk.typed.lock().unwrap().clone();
-    let config = desk.settings.send(&upload.job(&outs), typed)?;
+    let config = desk.settings.send(&upload.job(), typed)?;
     let report = config.evidence.report.clone();
     let handle = run::start(config, desk.clock)?;
     let current = Arc::new(Current {
-        total: upload.outlook.rows,
         upload,
         controls: handle.controls(),
         events: handle.events(),
-        outs,
         report,
         started: std::time::Instant::now(),
         ended: Mutex::new(None),
@@ -194,7 +188,7 @@ pub async fn done(State(desk): State<Arc<Desk>>) -> Response {
         }
         Err(_) => Ok(Vec::new()),
     };
-    screens::done(&desk, &current, &ended, needing).into_response()
+    screens::done(&current, &ended, needing).into_response()
 }
 
 /// The rows of `run` that a person should look at: failed, unknown, invalid, or skipped
@@ -225,15 +219,12 @@ pub async fn download(State(desk): State<Arc<Desk>>, UrlPath(what): UrlPath<Stri
     let Some(current) = desk.current.lock().unwrap().clone() else {
         return pages::not_found().await;
     };
-    let (csv, xlsx) = match current.outs.0.extension().and_then(|e| e.to_str()) {
-        Some("xlsx") => (&current.outs.1, &current.outs.0),
-        _ => (&current.outs.0, &current.outs.1),
-    };
+    let results = &current.upload.results;
     let (path, kind) = match what.as_str() {
-        "results.csv" => (csv, CSV),
-        "results.xlsx" => (xlsx, XLSX),
+        "results.csv" => (results.of_format("csv"), CSV),
+        "results.xlsx" => (results.of_format("xlsx"), XLSX),
         "report.html" => match &current.report {
-            Some(report) => (report, "text/html; charset=utf-8"),
+            Some(report) => (report.as_path(), "text/html; charset=utf-8"),
             None => return pages::not_found().await,
         },
         _ => return pages::not_found().await,

@@ -36,12 +36,7 @@ pub fn runs(desk: &Desk, runs: anyhow::Result<Vec<RunRecord>>) -> Html<String> {
     page("Runs", Mode::Plain, false, body)
 }
 
-pub fn history(
-    desk: &Desk,
-    invoice: Option<&str>,
-    entries: anyhow::Result<Vec<HistoryEntry>>,
-) -> Html<String> {
-    let _ = desk;
+pub fn history(invoice: Option<&str>, entries: anyhow::Result<Vec<HistoryEntry>>) -> Html<String> {
     let body = html! {
         h1 { "History of an invoice" }
         form.card method="get" action="/history" {

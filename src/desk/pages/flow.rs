@@ -169,7 +169,8 @@ pub fn confirm(desk: &Desk, upload: &Upload, error: Option<&str>) -> Html<String
 }
 
 pub fn watch(desk: &Desk, current: &Current, event: &Event) -> Html<String> {
-    let total = current.total.max(event.rows_done);
+    // The rows the Check read.
+    let total = current.upload.outlook.rows.max(event.rows_done);
     let left = total.saturating_sub(event.rows_done);
     let rate = current.rate(event);
     let time_left = match rate {
@@ -231,12 +232,10 @@ fn state_line(state: &State) -> Markup {
 }
 
 pub fn done(
-    desk: &Desk,
     current: &Current,
     ended: &Result<Summary, String>,
     needing: anyhow::Result<Vec<ResultRow>>,
 ) -> Html<String> {
-    let _ = desk;
     let body = html! {
         (steps(4))
         h1 { "Done: " (current.upload.name) }
