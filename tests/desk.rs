@@ -425,3 +425,14 @@ async fn a_runs_results_outlive_the_desk_that_sent_it() {
     assert_eq!(desk.get("/runs/r1/ledger.sqlite3").await.status, 404);
     assert_eq!(w.stats().total_requests, 4);
 }
+
+#[tokio::test]
+async fn a_form_that_names_no_target_rehearses() {
+    let w = World::start().await;
+    let desk = w.desk("", &[]).await;
+    let up = desk.upload("in.csv", &csv("T-", 2), &[]).await;
+    assert_eq!(up.status, 303, "{}", up.body);
+    let check = desk.get(up.location()).await;
+    assert!(check.body.contains("REHEARSAL"), "{}", check.body);
+    assert!(!check.body.contains("REAL SEND"), "{}", check.body);
+}

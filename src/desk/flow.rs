@@ -78,7 +78,9 @@ struct Chosen {
     name: String,
     path: Option<PathBuf>,
     sheet: Option<String>,
-    rehearse: bool,
+    /// Only a form that says `target=mykaarma` sends for real: one that says nothing
+    /// rehearses.
+    mykaarma: bool,
     username: Option<String>,
     password: Option<String>,
 }
@@ -154,7 +156,7 @@ async fn receive(dir: &Path, mut form: Multipart) -> Result<Chosen, Response> {
                     Some(value.trim().to_string()).filter(|v| !v.is_empty() && v.len() < 4096);
                 match key.as_str() {
                     "sheet" => chosen.sheet = value,
-                    "target" => chosen.rehearse = value.as_deref() != Some("mykaarma"),
+                    "target" => chosen.mykaarma = value.as_deref() == Some("mykaarma"),
                     "username" => chosen.username = value,
                     "password" => chosen.password = value,
                     _ => {}
@@ -221,12 +223,12 @@ fn safe_name(given: &str) -> String {
 
 /// Resolves the send this file would make, and looks ahead at it.
 fn look(desk: &Desk, id: u64, chosen: Chosen) -> Result<Upload> {
-    let path = chosen.path.unwrap_or_default();
+    let (path, rehearse) = (chosen.path.unwrap_or_default(), !chosen.mykaarma);
     let results = Results::beside(&path);
     let job = Job {
         input: &path,
         sheet: chosen.sheet.as_deref(),
-        rehearse: chosen.rehearse,
+        rehearse,
         out: &results.out,
         also_out: &results.also,
     };
@@ -248,7 +250,7 @@ fn look(desk: &Desk, id: u64, chosen: Chosen) -> Result<Upload> {
         id,
         name: chosen.name,
         sheet: chosen.sheet,
-        rehearse: chosen.rehearse,
+        rehearse,
         target,
         outlook: run::outlook(&send, &desk.clock)?,
         plans,
