@@ -559,7 +559,10 @@ fn location(given: &str) -> Result<Location> {
 /// The ledger the look-back commands read: `--ledger`, the config's, or the default.
 fn look(args: &LedgerArgs, what: LookAt) -> Result<(Command, Log)> {
     let look = Look {
-        ledger: looked_at(args.ledger.as_deref(), args.config.as_deref())?,
+        ledger: looked_at(
+            args.ledger.as_deref(),
+            &FileConfig::load(args.config.as_deref())?,
+        )?,
         format: args.format,
         what,
     };
@@ -567,8 +570,7 @@ fn look(args: &LedgerArgs, what: LookAt) -> Result<(Command, Log)> {
 }
 
 /// `--ledger`, else the config's `ledger` key, else the default.
-pub fn looked_at(given: Option<&str>, config: Option<&Path>) -> Result<Location> {
-    let file = FileConfig::load(config)?;
+pub fn looked_at(given: Option<&str>, file: &FileConfig) -> Result<Location> {
     match given.or(file.ledger.as_deref()) {
         Some(given) => location(given),
         None => Ok(Location::Sqlite(default_ledger_path()?)),

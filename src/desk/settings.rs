@@ -32,8 +32,8 @@ pub struct Job<'a> {
 
 impl Settings {
     pub fn resolve(args: &DeskArgs) -> Result<Settings> {
-        let ledger = config::looked_at(args.ledger.as_deref(), args.config.as_deref())?;
         let file = FileConfig::load(args.config.as_deref())?;
+        let ledger = config::looked_at(args.ledger.as_deref(), &file)?;
         let credentials = config::credentials(&file, &mut Vec::new())?;
         if let Some(url) = &args.base_url {
             config::check_base_url(url)?;
