@@ -97,11 +97,9 @@ fn query_value(req: &Request, key: &str) -> Option<String> {
 pub async fn check(State(desk): State<Arc<Desk>>, req: Request, next: Next) -> Response {
     let mut response = match admit(&desk.guard, &req) {
         Err(refusal) => refusal,
-        Ok(()) => match query_value(&req, "token") {
-            // The printed address: the token becomes the cookie, and leaves the address.
-            Some(_) => enter(&desk.guard, req.uri().path()),
-            None => next.run(req).await,
-        },
+        // The printed address: the token becomes the cookie, and leaves the address.
+        Ok(Entering(true)) => enter(&desk.guard, req.uri().path()),
+        Ok(Entering(false)) => next.run(req).await,
     };
     let headers = response.headers_mut();
     for (name, value) in [
@@ -117,9 +115,12 @@ pub async fn check(State(desk): State<Arc<Desk>>, req: Request, next: Next) -> R
     response
 }
 
+/// A request let through: true for the printed address, which carries the token.
+struct Entering(bool);
+
 /// Refuses what does not come from the person at this machine through the desk's pages.
 #[allow(clippy::result_large_err)]
-fn admit(guard: &Guard, req: &Request) -> Result<(), Response> {
+fn admit(guard: &Guard, req: &Request) -> Result<Entering, Response> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -164,7 +165,7 @@ fn admit(guard: &Guard, req: &Request) -> Result<(), Response> {
             ));
         }
     }
-    Ok(())
+    Ok(Entering(entering))
 }
 
 fn refuse(why: &str) -> Response {
