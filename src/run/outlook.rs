@@ -177,9 +177,14 @@ impl Ahead<'_> {
                     o.would_send += 1;
                     o.texts += u64::from(req.flags.send_as_text);
                     o.emails += u64::from(req.flags.send_as_email);
-                    *o.departments
-                        .entry(req.department.as_str().to_string())
-                        .or_default() += 1;
+                    // A String only for a department not seen yet, not for every row.
+                    let dept = req.department.as_str();
+                    match o.departments.get_mut(dept) {
+                        Some(n) => *n += 1,
+                        None => {
+                            o.departments.insert(dept.to_string(), 1);
+                        }
+                    }
                 }
                 Err((status, _, message)) => o.earlier.push(Earlier {
                     line: entry.line,
