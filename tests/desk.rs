@@ -34,6 +34,17 @@ async fn sending(w: &World, desk: &Desk, prefix: &str, n: usize) {
     .await;
 }
 
+/// Waits (bounded) until the Watch screen says the send is paused.
+async fn shows_paused(desk: &Desk, limit: Duration) {
+    common::wait_for_async("the Watch screen to show the pause", limit, || async {
+        desk.get("/watch")
+            .await
+            .body
+            .contains("Paused: no request starts")
+    })
+    .await;
+}
+
 /// `runs --format json`, newest first.
 async fn runs(w: &World) -> serde_json::Value {
     serde_json::from_str(&w.look(&["runs", "--format", "json"]).await.stdout).unwrap()
@@ -337,17 +348,7 @@ async fn a_pause_typed_elsewhere_pauses_the_desks_send() {
     let run = runs[0]["id"].as_str().unwrap().to_string();
     let paused = w.look(&["pause", &run]).await;
     assert_eq!(paused.code, 0, "{}", paused.stderr);
-    common::wait_for_async(
-        "the desk to show the pause",
-        Duration::from_secs(2),
-        || async {
-            desk.get("/watch")
-                .await
-                .body
-                .contains("Paused: no request starts")
-        },
-    )
-    .await;
+    shows_paused(&desk, Duration::from_secs(2)).await;
     let at_pause = w.stats().total_requests;
     // An absence: no request over a span of ten requests' worth at the configured rate.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -390,13 +391,7 @@ async fn ctrl_c_on_the_desk_stops_its_paused_send_and_means_130() {
     let desk = w.desk("rate = 5", &[]).await;
     sending(&w, &desk, "C-", 30).await;
     desk.post_form("/pause", &[]).await;
-    common::wait_for_async("the pause", Duration::from_secs(5), || async {
-        desk.get("/watch")
-            .await
-            .body
-            .contains("Paused: no request starts")
-    })
-    .await;
+    shows_paused(&desk, Duration::from_secs(5)).await;
     assert_eq!(desk.interrupt().await, 130);
     let runs = runs(&w).await;
     assert_eq!(runs[0]["exit_code"], 130, "{runs}");
